@@ -1,0 +1,344 @@
+// Package proxy is Cablecar's plain-HTTP half: every request that is not a
+// WebSocket upgrade goes to the app unchanged, streaming both ways, through
+// one keep-alive pool (SPEC §1). It owns the front listener's fasthttp
+// settings, the forwarding headers, the 502/504 mapping, the access log and
+// the proxy metrics. It knows nothing of WebSockets: an upgrade request is
+// handed to OnUpgrade.
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+)
+
+// maxHeaderBytes bounds request and response headers. fasthttp's 4 KiB
+// default is too small for apps with a few cookies; Puma accepts far more,
+// nginx 4×8 KiB.
+const maxHeaderBytes = 16 << 10
+
+// Config is what the proxy needs; zero values are not defaults, the config
+// package fills every field.
+type Config struct {
+	Network, Address  string        // "tcp", "127.0.0.1:3001" or "unix", "/run/puma.sock"
+	ConnectTimeout    time.Duration // dialing the app
+	ResponseTimeout   time.Duration // the app may be silent this long (before headers, between body reads)
+	IdleTimeout       time.Duration // pooled app connections idle longer are closed
+	ClientIdleTimeout time.Duration // a client that sends or accepts nothing this long is dropped
+	MaxConns          int           // connections to the app at most
+	TrustedProxies    []netip.Prefix
+	HealthPath        string // "" = /readyz only dials the app
+	// SensitiveParams are query parameters whose values never reach a log
+	// line, on top of the built-in list (token, secret, password…).
+	SensitiveParams []string
+}
+
+func (c Config) upstreamName() string {
+	if c.Network == "unix" {
+		return "unix:" + c.Address
+	}
+	return "http://" + c.Address
+}
+
+// Proxy is the pass-through handler.
+type Proxy struct {
+	cfg       Config
+	log       zerolog.Logger
+	client    *fasthttp.HostClient
+	dialer    *net.Dialer
+	health    *http.Client
+	metrics   *metrics
+	sensitive map[string]bool
+
+	// OnUpgrade serves WebSocket handshakes. Nil until WebSocket support is
+	// built: such requests are then refused with 501, never half-proxied.
+	OnUpgrade fasthttp.RequestHandler
+}
+
+// New builds the proxy and registers its metrics with reg.
+func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Proxy {
+	p := &Proxy{
+		cfg:       cfg,
+		log:       log,
+		dialer:    &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
+		metrics:   newMetrics(reg),
+		sensitive: sensitiveSet(cfg.SensitiveParams),
+	}
+	p.client = newUpstreamClient(cfg, p.dialer, p.metrics.dials.Inc)
+	p.health = newHealthClient(cfg, p.dialer)
+	return p
+}
+
+// NewServer returns the front listener's server with the settings the
+// pass-through depends on: request bodies streamed once they pass 64 KiB,
+// multipart bodies not parsed, no headers of its own added to responses.
+func NewServer(cfg Config, handler fasthttp.RequestHandler, log zerolog.Logger) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:                      handler,
+		Name:                         "cablecar",
+		ReadBufferSize:               maxHeaderBytes,
+		WriteBufferSize:              16 << 10,
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           64 << 10, // buffered below this, streamed above
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		NoDefaultDate:                true,
+		ReadTimeout:                  cfg.ClientIdleTimeout,
+		WriteTimeout:                 cfg.ClientIdleTimeout,
+		IdleTimeout:                  cfg.ClientIdleTimeout,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{log},
+	}
+}
+
+// Close drops the idle connections of the pool.
+func (p *Proxy) Close() { p.client.CloseIdleConnections() }
+
+// ServeHTTP is the fasthttp handler for the front listener.
+func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	if IsWebSocketUpgrade(&ctx.Request.Header) {
+		if p.OnUpgrade != nil {
+			p.OnUpgrade(ctx)
+			return
+		}
+		p.refuse(ctx, fasthttp.StatusNotImplemented, "not_implemented",
+			"501 Not Implemented: this Cablecar build does not accept WebSocket upgrades yet\n")
+		return
+	}
+
+	ex := acquireExchange(p, ctx)
+	req := fasthttp.AcquireRequest()
+	p.prepare(ctx, req, ex)
+	resp := fasthttp.AcquireResponse()
+	err := p.client.Do(req, resp)
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		p.fail(ctx, ex, err)
+		return
+	}
+	ex.headersAt = time.Now()
+	p.respond(ctx, resp, ex)
+}
+
+// prepare copies the client's request into req, minus what must not pass.
+func (p *Proxy) prepare(ctx *fasthttp.RequestCtx, req *fasthttp.Request, ex *exchange) {
+	ctx.Request.Header.CopyTo(&req.Header)
+	req.UseHostHeader = true
+	h := &req.Header
+	// Body framing is fasthttp's job on each side; Expect was answered by
+	// our server already.
+	stripHopByHop(h)
+	h.Del("Expect")
+	h.ResetConnectionClose()
+	stripCablecar(h)
+	p.setForwarded(ctx, h)
+	ex.requestID = requestID(&ctx.Request.Header, ex.requestID[:0])
+	h.SetBytesV("X-Request-Id", ex.requestID)
+
+	if n := ctx.Request.Header.ContentLength(); n > 0 || n == -1 {
+		ex.reqBody = requestBody{r: ctx.RequestBodyStream(), conn: ctx.Conn(), timeout: p.cfg.ClientIdleTimeout}
+		req.SetBodyStream(&ex.reqBody, n)
+	}
+}
+
+// respond sends the app's response back, its body streamed as it arrives.
+func (p *Proxy) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, ex *exchange) {
+	out := &ctx.Response
+	resp.Header.CopyTo(&out.Header)
+	stripHopByHop(&out.Header)
+	out.Header.ResetConnectionClose()
+	ex.status = resp.StatusCode()
+
+	body := resp.BodyStream()
+	if body == nil || ctx.IsHead() {
+		if body != nil {
+			_ = resp.CloseBodyStream()
+		}
+		// Keep the app's Content-Length on HEAD; there is no body to copy.
+		n := resp.Header.ContentLength()
+		fasthttp.ReleaseResponse(resp)
+		out.SkipBody = ctx.IsHead()
+		if n >= 0 {
+			out.Header.SetContentLength(n)
+		}
+		p.finish(ctx, ex, nil)
+		return
+	}
+	n := resp.Header.ContentLength()
+	if n < 0 {
+		n = -1 // chunked to the client, also for a close-delimited app body
+	}
+	ex.resp = resp
+	ex.body = body
+	ex.conn = ctx.Conn()
+	out.SetBodyStream(ex, n)
+}
+
+// fail answers for an app that could not: 502, 503 or 504, one line of text.
+func (p *Proxy) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
+	f := classify(err)
+	p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
+	p.log.Warn().Str("reason", f.reason).Err(err).
+		Str("upstream", p.cfg.upstreamName()).Bytes("request_id", ex.requestID).
+		Msg("app did not answer")
+	ctx.Response.Reset()
+	ctx.SetStatusCode(f.status)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString(f.text)
+	ex.status = f.status
+	ex.bytes = int64(len(f.text))
+	p.finish(ctx, ex, nil)
+}
+
+// refuse answers a request the proxy will not pass on.
+func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, status int, reason, text string) {
+	ex := acquireExchange(p, ctx)
+	ex.requestID = requestID(&ctx.Request.Header, ex.requestID[:0])
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString(text)
+	ex.status = status
+	ex.bytes = int64(len(text))
+	p.log.Debug().Str("reason", reason).Bytes("request_id", ex.requestID).Msg("request refused")
+	p.finish(ctx, ex, nil)
+}
+
+// finish writes the access-log line and the metrics of one exchange.
+func (p *Proxy) finish(ctx *fasthttp.RequestCtx, ex *exchange, werr error) {
+	if ex.headersAt.IsZero() {
+		ex.headersAt = time.Now()
+	}
+	p.metrics.observe(ex.status, ex.headersAt.Sub(ex.start))
+	if e := p.log.Info(); e.Enabled() {
+		e.Bytes("method", ex.method).
+			Bytes("path", ex.path)
+		if len(ex.query) > 0 {
+			e.Bytes("query", redactQuery(ex.query, p.sensitive, ex.scratch[:0]))
+		}
+		e.Int("status", ex.status).
+			Int64("bytes", ex.bytes).
+			Dur("duration", time.Since(ex.start)).
+			Bytes("request_id", ex.requestID).
+			Str("remote", ex.remote)
+		if werr != nil {
+			e.AnErr("stream_error", werr)
+		}
+		e.Msg("request")
+	}
+	releaseExchange(ex)
+}
+
+// exchange is one proxied request, from arrival to the last body byte. It is
+// the response body the server reads from, so that the access log can be
+// written when the stream really ends, with the bytes that were sent.
+type exchange struct {
+	p         *Proxy
+	start     time.Time
+	headersAt time.Time
+	method    []byte
+	path      []byte
+	query     []byte
+	scratch   []byte
+	remote    string
+	requestID []byte
+	status    int
+	bytes     int64
+
+	reqBody requestBody
+	resp    *fasthttp.Response
+	body    io.Reader
+	conn    net.Conn
+	ctx     *fasthttp.RequestCtx
+}
+
+var exchanges = sync.Pool{New: func() any { return &exchange{requestID: make([]byte, 0, 64)} }}
+
+func acquireExchange(p *Proxy, ctx *fasthttp.RequestCtx) *exchange {
+	ex := exchanges.Get().(*exchange)
+	ex.p = p
+	ex.ctx = ctx
+	ex.start = ctx.Time()
+	ex.method = append(ex.method[:0], ctx.Method()...)
+	uri := ctx.Request.Header.RequestURI()
+	path, query := uri, []byte(nil)
+	for i, c := range uri {
+		if c == '?' {
+			path, query = uri[:i], uri[i+1:]
+			break
+		}
+	}
+	ex.path = append(ex.path[:0], path...)
+	ex.query = append(ex.query[:0], query...)
+	ex.remote = ctx.RemoteIP().String()
+	return ex
+}
+
+func releaseExchange(ex *exchange) {
+	*ex = exchange{
+		method: ex.method[:0], path: ex.path[:0], query: ex.query[:0],
+		scratch: ex.scratch[:0], requestID: ex.requestID[:0],
+	}
+	exchanges.Put(ex)
+}
+
+// Read feeds the client's response from the app's body. After each read the
+// client's write deadline moves on: a client that stops accepting data for
+// client_idle_timeout is dropped, a long stream that keeps moving never is.
+func (ex *exchange) Read(b []byte) (int, error) {
+	n, err := ex.body.Read(b)
+	ex.bytes += int64(n)
+	if n > 0 {
+		_ = ex.conn.SetWriteDeadline(time.Now().Add(ex.p.cfg.ClientIdleTimeout))
+	}
+	return n, err
+}
+
+// CloseWithError is called by fasthttp once the body is written or the
+// client went away; it returns the app connection to the pool (or drops it
+// when the body was not read to its end) and logs the exchange.
+func (ex *exchange) CloseWithError(werr error) error {
+	_ = ex.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(ex.resp)
+	ex.p.finish(ex.ctx, ex, werr)
+	return nil
+}
+
+// requestBody streams the client's body to the app, moving the client's
+// read deadline after every read so that an upload may take as long as it
+// needs while it keeps moving.
+type requestBody struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+}
+
+// clientReadError marks a failure to read the client's body, so it is not
+// blamed on the app.
+type clientReadError struct{ err error }
+
+func (e *clientReadError) Error() string { return "reading client body: " + e.err.Error() }
+func (e *clientReadError) Unwrap() error { return e.err }
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	_ = b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = &clientReadError{err: err}
+	}
+	return n, err
+}
+
+type fasthttpLogger struct{ log zerolog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug().Msgf(format, args...)
+}

@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"bytes"
+	"net/url"
+	"strings"
+)
+
+// sensitiveWords are parts of query parameter names whose values are never
+// logged, in the spirit of Rails' filter_parameters defaults.
+var sensitiveWords = []string{"token", "secret", "passw", "key", "auth", "sig", "session", "jwt", "crypt", "otp", "code", "salt", "cert"}
+
+const filtered = "[FILTERED]"
+
+func sensitiveSet(extra []string) map[string]bool {
+	m := make(map[string]bool, len(extra))
+	for _, name := range extra {
+		m[strings.ToLower(name)] = true
+	}
+	return m
+}
+
+// redactQuery appends query to dst with the value of every sensitive
+// parameter replaced by [FILTERED]. Names are compared after unescaping, so
+// %74oken is caught as token.
+func redactQuery(query []byte, extra map[string]bool, dst []byte) []byte {
+	for i, pair := range bytes.Split(query, []byte{'&'}) {
+		if i > 0 {
+			dst = append(dst, '&')
+		}
+		name, _, hasValue := bytes.Cut(pair, []byte{'='})
+		if hasValue && isSensitive(name, extra) {
+			dst = append(dst, name...)
+			dst = append(dst, '=')
+			dst = append(dst, filtered...)
+			continue
+		}
+		dst = append(dst, pair...)
+	}
+	return dst
+}
+
+func isSensitive(name []byte, extra map[string]bool) bool {
+	n, err := url.QueryUnescape(string(name))
+	if err != nil {
+		return true // cannot tell what it is: do not log it
+	}
+	n = strings.ToLower(n)
+	if extra[n] {
+		return true
+	}
+	for _, w := range sensitiveWords {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
+}

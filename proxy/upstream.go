@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// newUpstreamClient builds the one keep-alive pool to the app.
+//
+// Deadlines are owned by upstreamConn rather than by fasthttp: fasthttp's
+// ReadTimeout bounds the whole response, which would cut every Server-Sent
+// Events stream after proxy.response_timeout. We want nginx's
+// proxy_read_timeout meaning instead — the app may stay silent that long,
+// before its headers and between reads of a streamed body — so each Read and
+// Write on the connection moves its own deadline.
+func newUpstreamClient(cfg Config, dialer *net.Dialer, dials func()) *fasthttp.HostClient {
+	network, address := cfg.Network, cfg.Address
+	addr := address
+	if network == "unix" {
+		// fasthttp wants a host for its pool bookkeeping; the Dial below ignores it.
+		addr = "app.sock"
+	}
+	return &fasthttp.HostClient{
+		Addr: addr,
+		Dial: func(string) (net.Conn, error) {
+			c, err := dialer.Dial(network, address)
+			if err != nil {
+				return nil, &dialError{err: err}
+			}
+			dials()
+			return &upstreamConn{Conn: c, timeout: cfg.ResponseTimeout}, nil
+		},
+		MaxConns:                      cfg.MaxConns,
+		MaxConnWaitTimeout:            cfg.ResponseTimeout,
+		MaxIdleConnDuration:           cfg.IdleTimeout,
+		ReadBufferSize:                maxHeaderBytes,
+		WriteBufferSize:               16 << 10,
+		StreamResponseBody:            true,
+		DisablePathNormalizing:        true,
+		NoDefaultUserAgentHeader:      true,
+		DisableHeaderNamesNormalizing: false,
+		RetryIfErr:                    retryStale,
+	}
+}
+
+// retryStale retries only what is safe to send twice: a request without a
+// body, with an idempotent method, that failed because a pooled keep-alive
+// connection had been closed by the app before it answered. A timeout is
+// never retried: the app may still be working on the first attempt.
+func retryStale(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
+	if attempts > 1 || req.IsBodyStream() || !isIdempotent(req) {
+		return false, false
+	}
+	return false, errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func isIdempotent(req *fasthttp.Request) bool {
+	h := &req.Header
+	return h.IsGet() || h.IsHead() || h.IsOptions() || h.IsPut() || h.IsDelete() || h.IsTrace()
+}
+
+// upstreamConn turns absolute deadlines into a per-operation inactivity limit.
+type upstreamConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *upstreamConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *upstreamConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// fasthttp's own deadlines are ignored: Read and Write set them.
+func (c *upstreamConn) SetDeadline(time.Time) error      { return nil }
+func (c *upstreamConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *upstreamConn) SetWriteDeadline(time.Time) error { return nil }
+
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "dial: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// failure is what the client is told when the app could not answer.
+type failure struct {
+	status int
+	reason string // metric label and log field
+	text   string // the one-line body
+}
+
+var (
+	failUnreachable = failure{fasthttp.StatusBadGateway, "unreachable", "502 Bad Gateway: the app is not reachable\n"}
+	failBadResponse = failure{fasthttp.StatusBadGateway, "bad_response", "502 Bad Gateway: the app's response was broken\n"}
+	failTimeout     = failure{fasthttp.StatusGatewayTimeout, "timeout", "504 Gateway Timeout: the app did not answer in time\n"}
+	failBusy        = failure{fasthttp.StatusServiceUnavailable, "busy", "503 Service Unavailable: all connections to the app are in use\n"}
+	failBadRequest  = failure{fasthttp.StatusBadRequest, "bad_request", "400 Bad Request: the request body could not be read\n"}
+)
+
+// classify maps an error from the upstream round trip to what the client sees.
+func classify(err error) failure {
+	var de *dialError
+	var ce *clientReadError
+	switch {
+	case errors.As(err, &de):
+		return failUnreachable
+	case errors.As(err, &ce):
+		return failBadRequest
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		return failBusy
+	case isTimeout(err):
+		return failTimeout
+	default:
+		return failBadResponse
+	}
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Ping reports whether the app accepts connections, for /readyz. With a
+// health path it must also answer a GET of that path with a status below 500.
+// It uses its own short-lived connection so that a probe never waits behind,
+// or disturbs, the request pool.
+func (p *Proxy) Ping(ctx context.Context) error {
+	if p.cfg.HealthPath == "" {
+		c, err := p.dialer.DialContext(ctx, p.cfg.Network, p.cfg.Address)
+		if err != nil {
+			return fmt.Errorf("app not reachable at %s", p.cfg.upstreamName())
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost"+p.cfg.HealthPath, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.health.Do(req)
+	if err != nil {
+		return fmt.Errorf("app health check %s failed: %s", p.cfg.HealthPath, classify(err).reason)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("app health check %s answered %d", p.cfg.HealthPath, resp.StatusCode)
+	}
+	return nil
+}
+
+func newHealthClient(cfg Config, dialer *net.Dialer) *http.Client {
+	return &http.Client{
+		Timeout: cfg.ConnectTimeout + cfg.ResponseTimeout,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return dialer.DialContext(ctx, cfg.Network, cfg.Address)
+			},
+			DisableKeepAlives: true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
