@@ -82,7 +82,6 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Proxy {
 func NewServer(cfg Config, handler fasthttp.RequestHandler, log zerolog.Logger) *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler:                      handler,
-		Name:                         "cablecar",
 		ReadBufferSize:               maxHeaderBytes,
 		WriteBufferSize:              16 << 10,
 		StreamRequestBody:            true,
