@@ -1,0 +1,55 @@
+# Cablecar — the commands a newcomer needs: `make run` and `make test`.
+GO      ?= go
+BIN     := bin/cablecar
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
+
+# What the tests run for real: Redis, Ruby with Rack, Puma (Debian packages).
+TEST_PKGS  := redis-server ruby ruby-rack puma
+BENCH_PKGS := nginx-light wrk
+
+.PHONY: all build run check test unit e2e deps deps-bench bench-proxy fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+## run: Cablecar on :3000 in front of the app on 127.0.0.1:3001 (in-memory broker).
+run: build
+	./$(BIN) -config sidecar.yaml
+
+## check: validate sidecar.yaml and print the effective configuration.
+check: build
+	./$(BIN) -check -config sidecar.yaml
+
+## test: unit and end-to-end tests with the race detector (installs what they need).
+test: deps vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: deps
+	$(GO) test -race -count=1 -timeout 15m ./e2e/...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+## deps: install the Debian packages the tests use, if missing.
+deps:
+	@sh e2e/deps.sh $(TEST_PKGS)
+
+deps-bench:
+	@sh e2e/deps.sh $(TEST_PKGS) $(BENCH_PKGS)
+
+## bench-proxy: requests/s and latency, direct vs nginx vs Cablecar (see docs/performance.md).
+bench-proxy: deps-bench
+	bash e2e/bench/proxy.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin
