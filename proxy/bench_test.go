@@ -25,7 +25,7 @@ func BenchmarkPassThrough(b *testing.B) {
 		ctx.SetContentType("text/plain")
 		ctx.SetBodyString("hello world\n")
 	}}
-	go up.Serve(upLn) //nolint:errcheck
+	go up.Serve(upLn)   //nolint:errcheck
 	defer up.Shutdown() //nolint:errcheck
 
 	cfg := testConfig("http://" + upLn.Addr().String())
@@ -37,7 +37,7 @@ func BenchmarkPassThrough(b *testing.B) {
 		b.Fatal(err)
 	}
 	srv := NewServer(cfg, p.ServeHTTP, p.log)
-	go srv.Serve(ln) //nolint:errcheck
+	go srv.Serve(ln)     //nolint:errcheck
 	defer srv.Shutdown() //nolint:errcheck
 
 	client := &fasthttp.HostClient{Addr: ln.Addr().String(), MaxConns: 512}
