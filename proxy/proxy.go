@@ -255,6 +255,7 @@ type exchange struct {
 	reqBody requestBody
 	resp    *fasthttp.Response
 	body    io.Reader
+	bodyErr error // why reading the app's body failed, if it did
 	conn    net.Conn
 	ctx     *fasthttp.RequestCtx
 }
@@ -298,6 +299,9 @@ func (ex *exchange) Read(b []byte) (int, error) {
 	if n > 0 {
 		_ = ex.conn.SetWriteDeadline(time.Now().Add(ex.p.cfg.ClientIdleTimeout))
 	}
+	if err != nil && err != io.EOF {
+		ex.bodyErr = err
+	}
 	return n, err
 }
 
@@ -307,6 +311,15 @@ func (ex *exchange) Read(b []byte) (int, error) {
 func (ex *exchange) CloseWithError(werr error) error {
 	_ = ex.resp.CloseBodyStream()
 	fasthttp.ReleaseResponse(ex.resp)
+	if ex.bodyErr != nil {
+		// The app's side broke mid-body: the client got a truncated
+		// response, and an operator should hear why.
+		f := classify(ex.bodyErr)
+		ex.p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
+		ex.p.log.Warn().Str("reason", f.reason).Err(ex.bodyErr).Bytes("request_id", ex.requestID).
+			Int64("bytes", ex.bytes).Msg("app response cut short")
+	}
+	// A write error alone means the client went away: routine for streams.
 	ex.p.finish(ex.ctx, ex, werr)
 	return nil
 }

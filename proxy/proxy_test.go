@@ -567,3 +567,39 @@ func TestRedactQuery(t *testing.T) {
 		}
 	}
 }
+
+// A stream the app stops feeding for longer than response_timeout is cut,
+// and the cut is logged at warn with its reason.
+func TestSilentStreamIsCutAndLogged(t *testing.T) {
+	release := make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+	}))
+	defer app.Close()
+	defer close(release)
+	cfg := testConfig(app.URL)
+	cfg.ResponseTimeout = 300 * time.Millisecond
+	px := startProxy(t, cfg)
+	resp, err := http.Get(px.url + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || string(b) != "data: 1\n\n" {
+		t.Fatalf("want the first event then a cut stream, got %q, %v", b, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(px.logs.String(), `"message":"app response cut short"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warn line for the cut stream: %s", px.logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(px.logs.String(), `"reason":"timeout"`) {
+		t.Errorf("cut not attributed to the timeout: %s", px.logs)
+	}
+}
