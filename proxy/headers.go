@@ -11,61 +11,110 @@ import (
 
 // hopHeaders are meaningful only for one connection and never forwarded
 // (RFC 9110 §7.6.1, plus the older Proxy-Connection and Keep-Alive that
-// clients still send). Headers named in Connection are removed as well.
-var hopHeaders = []string{
-	"Connection",
-	"Proxy-Connection",
-	"Keep-Alive",
-	"Proxy-Authenticate",
-	"Proxy-Authorization",
-	"Te",
-	"Trailer",
-	"Transfer-Encoding",
-	"Upgrade",
+// clients still send), in lower case. Headers named in Connection are
+// removed as well.
+var hopHeaders = [...]string{
+	"connection",
+	"proxy-connection",
+	"keep-alive",
+	"proxy-authenticate",
+	"proxy-authorization",
+	"te",
+	"trailer",
+	"transfer-encoding",
+	"upgrade",
 }
 
 const cablecarPrefix = "cablecar-"
 
-// headerDeleter is what request and response headers have in common.
-type headerDeleter interface {
-	Del(key string)
-	PeekAll(key string) [][]byte
+// stripper finds, in one pass over a header, the hop-by-hop headers, every
+// header a Connection header names, and — for requests — every Cablecar-*
+// header (only Cablecar sets those, so a client must not be able to forge
+// one). Most messages carry none of them: then nothing is copied or deleted.
+// Request and response headers are walked by two small concrete loops
+// because ranging over All() through an interface moves the iterator's
+// state to the heap on every call.
+type stripper struct {
+	present uint16   // bit i: hopHeaders[i] is in the header
+	extra   [][]byte // Connection-named and Cablecar-* names, copied
+	lower   [24]byte
 }
 
-// stripHopByHop removes the hop-by-hop headers of h, including every header
-// that a Connection header names.
-func stripHopByHop(h headerDeleter) {
-	var named [8][]byte
-	tokens := named[:0]
-	for _, v := range h.PeekAll("Connection") {
-		for _, t := range bytes.Split(v, []byte{','}) {
-			if t = bytes.TrimSpace(t); len(t) > 0 {
-				// Copy: Del reuses the buffers PeekAll returned.
-				tokens = append(tokens, append([]byte(nil), t...))
-			}
+func (s *stripper) see(k, v []byte, cablecar bool) {
+	if i := hopIndex(k, &s.lower); i >= 0 {
+		s.present |= 1 << i
+		if i == 0 {
+			s.extra = appendConnectionTokens(s.extra, v, &s.lower)
 		}
+		return
 	}
-	for _, t := range tokens {
-		h.Del(string(t))
-	}
-	for _, k := range hopHeaders {
-		h.Del(k)
+	if cablecar && hasPrefixFold(k, cablecarPrefix) {
+		s.extra = append(s.extra, append([]byte(nil), k...))
 	}
 }
 
-// stripCablecar removes every Cablecar-* request header: only Cablecar sets
-// them, so a client must not be able to forge one.
-func stripCablecar(h *fasthttp.RequestHeader) {
-	var found [4][]byte
-	keys := found[:0]
-	for k := range h.All() {
-		if len(k) > len(cablecarPrefix) && hasPrefixFold(k, cablecarPrefix) {
-			keys = append(keys, append([]byte(nil), k...))
+func (s *stripper) apply(del func(string)) {
+	for i, name := range hopHeaders {
+		if s.present&(1<<i) != 0 {
+			del(name)
 		}
 	}
-	for _, k := range keys {
-		h.DelBytes(k)
+	for _, name := range s.extra {
+		del(string(name))
 	}
+}
+
+func stripRequestHeaders(h *fasthttp.RequestHeader) {
+	var s stripper
+	for k, v := range h.All() {
+		s.see(k, v, true)
+	}
+	if s.present != 0 || len(s.extra) > 0 {
+		s.apply(h.Del)
+	}
+}
+
+func stripResponseHeaders(h *fasthttp.ResponseHeader) {
+	var s stripper
+	for k, v := range h.All() {
+		s.see(k, v, false)
+	}
+	if s.present != 0 || len(s.extra) > 0 {
+		s.apply(h.Del)
+	}
+}
+
+func hopIndex(k []byte, lower *[24]byte) int {
+	if len(k) > len(lower) {
+		return -1
+	}
+	l := lower[:len(k)]
+	for i, c := range k {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		l[i] = c
+	}
+	for i, name := range hopHeaders {
+		if string(l) == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// appendConnectionTokens adds the header names a Connection value lists,
+// skipping those that are hop-by-hop anyway.
+func appendConnectionTokens(dst [][]byte, v []byte, lower *[24]byte) [][]byte {
+	for len(v) > 0 {
+		var t []byte
+		t, v, _ = bytes.Cut(v, []byte{','})
+		if t = bytes.TrimSpace(t); len(t) == 0 || bytes.EqualFold(t, []byte("close")) || hopIndex(t, lower) >= 0 {
+			continue
+		}
+		dst = append(dst, append([]byte(nil), t...))
+	}
+	return dst
 }
 
 func hasPrefixFold(b []byte, prefix string) bool {

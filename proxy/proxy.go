@@ -24,6 +24,10 @@ import (
 // nginx 4×8 KiB.
 const maxHeaderBytes = 16 << 10
 
+// smallBody is the largest response body of known length that is read whole
+// rather than streamed.
+const smallBody = 64 << 10
+
 // Config is what the proxy needs; zero values are not defaults, the config
 // package fills every field.
 type Config struct {
@@ -135,10 +139,9 @@ func (p *Proxy) prepare(ctx *fasthttp.RequestCtx, req *fasthttp.Request, ex *exc
 	h := &req.Header
 	// Body framing is fasthttp's job on each side; Expect was answered by
 	// our server already.
-	stripHopByHop(h)
+	stripRequestHeaders(h)
 	h.Del("Expect")
 	h.ResetConnectionClose()
-	stripCablecar(h)
 	p.setForwarded(ctx, h)
 	ex.requestID = requestID(&ctx.Request.Header, ex.requestID[:0])
 	h.SetBytesV("X-Request-Id", ex.requestID)
@@ -153,7 +156,7 @@ func (p *Proxy) prepare(ctx *fasthttp.RequestCtx, req *fasthttp.Request, ex *exc
 func (p *Proxy) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, ex *exchange) {
 	out := &ctx.Response
 	resp.Header.CopyTo(&out.Header)
-	stripHopByHop(&out.Header)
+	stripResponseHeaders(&out.Header)
 	out.Header.ResetConnectionClose()
 	ex.status = resp.StatusCode()
 
@@ -173,6 +176,25 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, ex *e
 		return
 	}
 	n := resp.Header.ContentLength()
+	if n >= 0 && n <= smallBody {
+		// Small bodies of known length are read whole and sent with their
+		// headers in one write: cheaper than the streaming machinery, and
+		// the memory is bounded by smallBody.
+		if cap(ex.scratch) < n {
+			ex.scratch = make([]byte, n, smallBody)
+		}
+		_, err := io.ReadFull(body, ex.scratch[:n])
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		if err != nil {
+			p.fail(ctx, ex, err)
+			return
+		}
+		out.SetBody(ex.scratch[:n])
+		ex.bytes = int64(n)
+		p.finish(ctx, ex, nil)
+		return
+	}
 	if n < 0 {
 		n = -1 // chunked to the client, also for a close-delimited app body
 	}
@@ -227,7 +249,7 @@ func (p *Proxy) finish(ctx *fasthttp.RequestCtx, ex *exchange, werr error) {
 			Int64("bytes", ex.bytes).
 			Dur("duration", time.Since(ex.start)).
 			Bytes("request_id", ex.requestID).
-			Str("remote", ex.remote)
+			Stringer("remote", ex.remote)
 		if werr != nil {
 			e.AnErr("stream_error", werr)
 		}
@@ -247,7 +269,7 @@ type exchange struct {
 	path      []byte
 	query     []byte
 	scratch   []byte
-	remote    string
+	remote    netip.Addr
 	requestID []byte
 	status    int
 	bytes     int64
@@ -257,7 +279,9 @@ type exchange struct {
 	body    io.Reader
 	bodyErr error // why reading the app's body failed, if it did
 	conn    net.Conn
-	ctx     *fasthttp.RequestCtx
+	// writeDeadline is the client connection's, moved as the body flows.
+	writeDeadline lazyDeadline
+	ctx           *fasthttp.RequestCtx
 }
 
 var exchanges = sync.Pool{New: func() any { return &exchange{requestID: make([]byte, 0, 64)} }}
@@ -278,7 +302,7 @@ func acquireExchange(p *Proxy, ctx *fasthttp.RequestCtx) *exchange {
 	}
 	ex.path = append(ex.path[:0], path...)
 	ex.query = append(ex.query[:0], query...)
-	ex.remote = ctx.RemoteIP().String()
+	ex.remote = remoteAddr(ctx)
 	return ex
 }
 
@@ -297,7 +321,7 @@ func (ex *exchange) Read(b []byte) (int, error) {
 	n, err := ex.body.Read(b)
 	ex.bytes += int64(n)
 	if n > 0 {
-		_ = ex.conn.SetWriteDeadline(time.Now().Add(ex.p.cfg.ClientIdleTimeout))
+		ex.writeDeadline.extend(ex.conn.SetWriteDeadline, ex.p.cfg.ClientIdleTimeout)
 	}
 	if err != nil && err != io.EOF {
 		ex.bodyErr = err
@@ -328,9 +352,10 @@ func (ex *exchange) CloseWithError(werr error) error {
 // read deadline after every read so that an upload may take as long as it
 // needs while it keeps moving.
 type requestBody struct {
-	r       io.Reader
-	conn    net.Conn
-	timeout time.Duration
+	r        io.Reader
+	conn     net.Conn
+	timeout  time.Duration
+	deadline lazyDeadline
 }
 
 // clientReadError marks a failure to read the client's body, so it is not
@@ -341,7 +366,7 @@ func (e *clientReadError) Error() string { return "reading client body: " + e.er
 func (e *clientReadError) Unwrap() error { return e.err }
 
 func (b *requestBody) Read(p []byte) (int, error) {
-	_ = b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	b.deadline.extend(b.conn.SetReadDeadline, b.timeout)
 	n, err := b.r.Read(p)
 	if err != nil && err != io.EOF {
 		err = &clientReadError{err: err}

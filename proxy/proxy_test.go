@@ -603,3 +603,69 @@ func TestSilentStreamIsCutAndLogged(t *testing.T) {
 		t.Errorf("cut not attributed to the timeout: %s", px.logs)
 	}
 }
+
+// Bodies of known length are read whole up to smallBody and streamed above
+// it; either way they arrive intact, and a short one is a 502, not a
+// truncated 200.
+func TestKnownLengthBodies(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), (smallBody*4)/16+3)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/big":
+			w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+			_, _ = w.Write(big)
+		case "/edge":
+			w.Header().Set("Content-Length", fmt.Sprint(smallBody))
+			_, _ = w.Write(big[:smallBody])
+		}
+	}))
+	defer app.Close()
+	px := startProxy(t, testConfig(app.URL))
+	for path, want := range map[string][]byte{"/big": big, "/edge": big[:smallBody]} {
+		resp, err := http.Get(px.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(b, want) || resp.ContentLength != int64(len(want)) {
+			t.Errorf("%s: %d bytes (Content-Length %d), %v; want %d", path, len(b), resp.ContentLength, err, len(want))
+		}
+	}
+
+	short := rawAppOnce(t, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+	px = startProxy(t, testConfig(short))
+	resp, err := http.Get(px.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 502 {
+		t.Errorf("short small body: status %d, want 502", resp.StatusCode)
+	}
+}
+
+// rawAppOnce answers each connection's first request with resp, then closes.
+func rawAppOnce(t *testing.T, resp string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					_, _ = io.WriteString(c, resp)
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}

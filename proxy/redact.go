@@ -24,7 +24,9 @@ func sensitiveSet(extra []string) map[string]bool {
 // parameter replaced by [FILTERED]. Names are compared after unescaping, so
 // %74oken is caught as token.
 func redactQuery(query []byte, extra map[string]bool, dst []byte) []byte {
-	for i, pair := range bytes.Split(query, []byte{'&'}) {
+	for i := 0; ; i++ {
+		pair, rest, more := bytes.Cut(query, []byte{'&'})
+		query = rest
 		if i > 0 {
 			dst = append(dst, '&')
 		}
@@ -33,11 +35,13 @@ func redactQuery(query []byte, extra map[string]bool, dst []byte) []byte {
 			dst = append(dst, name...)
 			dst = append(dst, '=')
 			dst = append(dst, filtered...)
-			continue
+		} else {
+			dst = append(dst, pair...)
 		}
-		dst = append(dst, pair...)
+		if !more {
+			return dst
+		}
 	}
-	return dst
 }
 
 func isSensitive(name []byte, extra map[string]bool) bool {
