@@ -240,3 +240,25 @@ func newRequestID(dst []byte) []byte {
 func IsWebSocketUpgrade(h *fasthttp.RequestHeader) bool {
 	return h.ConnectionUpgrade() && bytes.EqualFold(bytes.TrimSpace(h.Peek("Upgrade")), []byte("websocket"))
 }
+
+// PrepareHeaders copies the client's request headers into h as the
+// pass-through sends them to the app: hop-by-hop headers (Upgrade and
+// Connection among them) and Cablecar-* removed, X-Forwarded-* and
+// X-Request-Id set. It is for requests Cablecar makes to the app on a
+// client's behalf, such as the WebSocket accept, so that the app sees the
+// same client, host and request id either way. It returns the request id.
+func (p *Proxy) PrepareHeaders(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) string {
+	ctx.Request.Header.CopyTo(h)
+	stripRequestHeaders(h)
+	h.Del("Expect")
+	h.ResetConnectionClose()
+	p.setForwarded(ctx, h)
+	id := requestID(&ctx.Request.Header, nil)
+	h.SetBytesV("X-Request-Id", id)
+	return string(id)
+}
+
+// StripResponseHeaders removes what must not be relayed from an app's
+// response to the client: the hop-by-hop headers and those named in its
+// Connection header.
+func StripResponseHeaders(h *fasthttp.ResponseHeader) { stripResponseHeaders(h) }

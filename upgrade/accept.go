@@ -1,0 +1,276 @@
+package upgrade
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/proxy"
+	"github.com/cablecar/cablecar/pubsub"
+)
+
+// maxState is the longest Cablecar-State an app may set (SPEC §2).
+const maxState = 4 << 10
+
+type eventSet uint8
+
+const (
+	eventOpen eventSet = 1 << iota
+	eventMessage
+	eventClose
+	allEvents = eventOpen | eventMessage | eventClose
+)
+
+func (e eventSet) has(x eventSet) bool { return e&x != 0 }
+
+// acceptance is what the app's accepting response asked for.
+type acceptance struct {
+	subscribe  []string
+	state      string
+	events     eventSet
+	eventsPath string
+	protocol   string
+}
+
+// ServeHTTP takes a WebSocket handshake through the accept callback
+// (SPEC §2). It is the proxy's OnUpgrade.
+func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
+	log := s.log.Info().Bytes("path", ctx.Path()).Str("remote", ctx.RemoteIP().String())
+
+	if status, text := checkHandshake(ctx); status != 0 {
+		s.refuse(ctx, status, "bad_handshake", text, log)
+		return
+	}
+	if !s.cfg.Origins.Allow(string(ctx.Request.Header.Peek("Origin")), string(ctx.Host()), ctx.IsTLS()) {
+		s.refuse(ctx, fasthttp.StatusForbidden, "origin",
+			"403 Forbidden: this origin may not open WebSockets here (websocket.allowed_origins)", log)
+		return
+	}
+	if s.hub.isClosing() {
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "shutting_down",
+			"503 Service Unavailable: this server is shutting down; reconnect", log)
+		return
+	}
+
+	id := s.hub.newID()
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	requestID := s.prepare(ctx, &req.Header)
+	log = log.Str("conn_id", id).Str("request_id", requestID)
+	h := &req.Header
+	h.SetMethod(fasthttp.MethodGet)
+	h.SetRequestURIBytes(ctx.Request.Header.RequestURI())
+	req.UseHostHeader = true
+	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Content-Length"} {
+		h.Del(name)
+	}
+	h.Set("Cablecar-Upgrade", "websocket")
+	h.Set("Cablecar-Connection-Id", id)
+
+	start := time.Now()
+	if err := s.cb.Accept(req, resp); err != nil {
+		switch {
+		case errors.Is(err, callback.ErrTimeout):
+			s.refuse(ctx, fasthttp.StatusGatewayTimeout, "app_timeout",
+				"504 Gateway Timeout: the app did not answer the WebSocket accept in time", log.Err(err))
+		case errors.Is(err, callback.ErrUnreachable):
+			s.refuse(ctx, fasthttp.StatusServiceUnavailable, "app_unreachable",
+				"503 Service Unavailable: the app cannot be reached to accept this WebSocket", log.Err(err))
+		default:
+			s.refuse(ctx, fasthttp.StatusBadGateway, "app_error",
+				"502 Bad Gateway: the app's answer to the WebSocket accept was not usable", log.Err(err))
+		}
+		return
+	}
+	log = log.Dur("accept_duration", time.Since(start))
+
+	if st := resp.StatusCode(); st < 200 || st > 299 {
+		s.relay(ctx, resp)
+		s.metrics.upgrades.WithLabelValues("rejected", "app").Inc()
+		log.Int("status", st).Msg("websocket rejected by the app")
+		return
+	}
+	if !bytes.EqualFold(bytes.TrimSpace(resp.Header.Peek("Cablecar-Accept")), []byte("websocket")) {
+		s.refuse(ctx, fasthttp.StatusForbidden, "not_accepted",
+			"403 Forbidden: the app did not accept this WebSocket", log)
+		return
+	}
+	acc, err := parseAcceptance(&resp.Header, &ctx.Request.Header)
+	if err != nil {
+		s.log.Error().Err(err).Str("conn_id", id).Msg("the app's accepting response is invalid")
+		s.refuse(ctx, fasthttp.StatusBadGateway, "invalid_accept",
+			"502 Bad Gateway: the app's accepting response was invalid", log.Err(err))
+		return
+	}
+
+	c := &Conn{
+		hub:          s.hub,
+		id:           id,
+		log:          s.log.With().Str("conn_id", id).Logger(),
+		events:       acc.events,
+		eventsPath:   acc.eventsPath,
+		eventHeaders: s.eventHeaders(h),
+		state:        acc.state,
+		createdAt:    time.Now().UnixNano(),
+	}
+	if c.eventsPath == "" {
+		c.eventsPath = string(ctx.Request.Header.RequestURI())
+	}
+	if body := resp.Body(); len(body) > 0 {
+		c.queue = append(c.queue, outgoing{data: bytes.Clone(body), size: len(body)})
+	}
+	if !s.hub.add(c) {
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "shutting_down",
+			"503 Service Unavailable: this server is shutting down; reconnect", log)
+		return
+	}
+	for _, ch := range acc.subscribe {
+		if err := c.subscribe(ch); err != nil {
+			c.abandon()
+			s.refuse(ctx, fasthttp.StatusServiceUnavailable, "broker",
+				"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
+			return
+		}
+	}
+
+	// fasthttp keeps Set-Cookie apart from other headers, one per cookie.
+	for _, v := range resp.Header.Cookies() {
+		ck := fasthttp.AcquireCookie()
+		if ck.ParseBytes(v) == nil {
+			ctx.Response.Header.SetCookie(ck)
+		}
+		fasthttp.ReleaseCookie(ck)
+	}
+	if acc.protocol != "" {
+		ctx.Response.Header.Set("Sec-WebSocket-Protocol", acc.protocol)
+	}
+	if err := s.upgrader.Upgrade(ctx, c.run); err != nil {
+		// The handshake was checked already; this is a bug, not the client.
+		c.abandon()
+		s.log.Error().Err(err).Str("conn_id", id).Msg("upgrading an accepted handshake failed")
+		return
+	}
+	s.metrics.upgrades.WithLabelValues("accepted", "app").Inc()
+	log.Strs("channels", acc.subscribe).Msg("websocket accepted")
+}
+
+// relay passes the app's refusal to the client as it is: status, headers
+// and body, so a 401 with WWW-Authenticate or a 302 reaches the browser.
+func (s *Server) relay(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
+	out := &ctx.Response
+	out.Reset()
+	resp.Header.CopyTo(&out.Header)
+	proxy.StripResponseHeaders(&out.Header)
+	var drop [][]byte
+	for k := range out.Header.All() {
+		if len(k) >= 9 && strings.EqualFold(string(k[:9]), "cablecar-") {
+			drop = append(drop, bytes.Clone(k))
+		}
+	}
+	for _, k := range drop {
+		out.Header.DelBytes(k)
+	}
+	out.SetBody(resp.Body())
+}
+
+// eventHeaders are set on every event request of the connection: the
+// handshake's Host and X-Forwarded-* (as the accept request had them, so
+// the app sees one client either way) and callback.forward_headers.
+func (s *Server) eventHeaders(h *fasthttp.RequestHeader) [][2]string {
+	var out [][2]string
+	if host := h.Host(); len(host) > 0 {
+		out = append(out, [2]string{"Host", string(host)})
+	}
+	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-Id"} {
+		if v := h.Peek(name); len(v) > 0 {
+			out = append(out, [2]string{name, string(v)})
+		}
+	}
+	for _, name := range s.cfg.ForwardHeaders {
+		for _, v := range h.PeekAll(name) {
+			out = append(out, [2]string{name, string(v)})
+		}
+	}
+	return out
+}
+
+// parseAcceptance reads the optional headers of an accepting response
+// (SPEC §2). A malformed one is the app's bug: the handshake is refused
+// with 502 and the reason logged, rather than half-honoured.
+func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader) (acceptance, error) {
+	acc := acceptance{events: allEvents}
+	for _, v := range resp.PeekAll("Cablecar-Subscribe") {
+		for _, ch := range splitList(string(v)) {
+			if err := pubsub.ValidateChannel(ch); err != nil {
+				return acc, fmt.Errorf("Cablecar-Subscribe: %w", err)
+			}
+			acc.subscribe = append(acc.subscribe, ch)
+		}
+	}
+	if v := resp.Peek("Cablecar-State"); len(v) > maxState {
+		return acc, fmt.Errorf("Cablecar-State is %d bytes, more than %d", len(v), maxState)
+	} else {
+		acc.state = string(v)
+	}
+	if vs := resp.PeekAll("Cablecar-Events"); len(vs) > 0 {
+		acc.events = 0
+		for _, v := range vs {
+			for _, name := range splitList(string(v)) {
+				switch strings.ToLower(name) {
+				case "open":
+					acc.events |= eventOpen
+				case "message":
+					acc.events |= eventMessage
+				case "close":
+					acc.events |= eventClose
+				default:
+					return acc, fmt.Errorf("Cablecar-Events: %q is not one of open, message, close", name)
+				}
+			}
+		}
+	}
+	if v := string(resp.Peek("Cablecar-Events-Path")); v != "" {
+		if !strings.HasPrefix(v, "/") || strings.HasPrefix(v, "//") || strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			return acc, fmt.Errorf("Cablecar-Events-Path %.100q is not a path (it must start with one /, without spaces)", v)
+		}
+		acc.eventsPath = v
+	}
+	if p := strings.TrimSpace(string(resp.Peek("Sec-WebSocket-Protocol"))); p != "" {
+		offered := false
+		for _, v := range req.PeekAll("Sec-WebSocket-Protocol") {
+			for _, o := range splitList(string(v)) {
+				if o == p {
+					offered = true
+				}
+			}
+		}
+		if !offered {
+			return acc, fmt.Errorf("Sec-WebSocket-Protocol %.100q was not offered by the client", p)
+		}
+		acc.protocol = p
+	}
+	return acc, nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+func (h *Hub) isClosing() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closing
+}

@@ -1,0 +1,321 @@
+package upgrade
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/pubsub"
+)
+
+const shardCount = 64
+
+// shard holds a slice of the node's connections, by id.
+type shard struct {
+	mu    sync.RWMutex
+	conns map[string]*Conn
+}
+
+// Hub is one node's set of connections: the registry the broker delivers
+// into (it is the pubsub.Sink), the local channel subscriptions, and the one
+// heartbeat ticker that pings every connection, finds silent ones and cuts
+// close handshakes that take too long. No connection has a timer of its own.
+type Hub struct {
+	cfg     Config
+	log     zerolog.Logger
+	broker  pubsub.Broker
+	cb      *callback.Client
+	metrics *metrics
+	node    string // this process's part of every connection id
+	seed    maphash.Seed
+
+	shards [shardCount]shard
+
+	chmu     sync.RWMutex
+	channels map[string]map[*Conn]struct{}
+
+	// mu orders registration against shutdown: once closing is set no
+	// connection is added, so Shutdown's sweep sees every one.
+	mu      sync.Mutex
+	closing bool
+	live    sync.WaitGroup // connections not yet torn down
+
+	stop     chan struct{}
+	stopOnce sync.Once
+	tickerWG sync.WaitGroup
+}
+
+func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *Hub {
+	h := &Hub{
+		cfg:      cfg,
+		log:      log,
+		broker:   broker,
+		metrics:  m,
+		node:     newNodeID(),
+		seed:     maphash.MakeSeed(),
+		channels: map[string]map[*Conn]struct{}{},
+		stop:     make(chan struct{}),
+	}
+	for i := range h.shards {
+		h.shards[i].conns = map[string]*Conn{}
+	}
+	return h
+}
+
+// newNodeID is 6 random bytes as 8 characters of base64url: distinct for every process, so
+// connection ids are unique across nodes and restarts without coordination.
+func newNodeID() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("cablecar: no randomness: " + err.Error())
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// newID returns "c_" + the node's 8 characters + 16 random characters
+// (96 bits): opaque to the app, unguessable, and the node that holds a
+// connection can be read off its id by brokers that route commands.
+func (h *Hub) newID() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("cablecar: no randomness: " + err.Error())
+	}
+	return "c_" + h.node + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func (h *Hub) shard(id string) *shard {
+	return &h.shards[maphash.String(h.seed, id)%shardCount]
+}
+
+// add registers c; it fails once shutdown has begun.
+func (h *Hub) add(c *Conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	s := h.shard(c.id)
+	s.mu.Lock()
+	s.conns[c.id] = c
+	s.mu.Unlock()
+	h.live.Add(1)
+	h.metrics.open.Inc()
+	return true
+}
+
+// remove forgets c; its channels are left by the caller.
+func (h *Hub) remove(c *Conn) {
+	s := h.shard(c.id)
+	s.mu.Lock()
+	_, ok := s.conns[c.id]
+	delete(s.conns, c.id)
+	s.mu.Unlock()
+	if ok {
+		h.metrics.open.Dec()
+		h.live.Done()
+	}
+}
+
+func (h *Hub) get(id string) *Conn {
+	s := h.shard(id)
+	s.mu.RLock()
+	c := s.conns[id]
+	s.mu.RUnlock()
+	return c
+}
+
+// Count is the number of connections registered on this node.
+func (h *Hub) Count() int {
+	n := 0
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		n += len(s.conns)
+		s.mu.RUnlock()
+	}
+	return n
+}
+
+// join subscribes c to channel: locally at once, and through the broker,
+// which confirms before join returns.
+func (h *Hub) join(ctx context.Context, c *Conn, channel string) error {
+	if err := h.broker.Subscribe(ctx, channel); err != nil {
+		return err
+	}
+	h.chmu.Lock()
+	set := h.channels[channel]
+	if set == nil {
+		set = map[*Conn]struct{}{}
+		h.channels[channel] = set
+	}
+	set[c] = struct{}{}
+	h.chmu.Unlock()
+	return nil
+}
+
+// leave undoes join.
+func (h *Hub) leave(c *Conn, channel string) {
+	h.chmu.Lock()
+	if set := h.channels[channel]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(h.channels, channel)
+		}
+	}
+	h.chmu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.BrokerTimeout)
+	defer cancel()
+	if err := h.broker.Unsubscribe(ctx, channel); err != nil {
+		h.log.Warn().Err(err).Str("channel", channel).Msg("broker unsubscribe failed")
+	}
+}
+
+var connSlices = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
+
+// Deliver fans a broadcast out to this node's subscribers of its channel.
+// The frame is encoded once and shared by every connection's writer.
+func (h *Hub) Deliver(m pubsub.Message) {
+	sp := connSlices.Get().(*[]*Conn)
+	targets := (*sp)[:0]
+	h.chmu.RLock()
+	for c := range h.channels[m.Channel] {
+		if c.id != m.Except {
+			targets = append(targets, c)
+		}
+	}
+	h.chmu.RUnlock()
+	if len(targets) > 0 {
+		typ := websocket.TextMessage
+		if m.Binary {
+			typ = websocket.BinaryMessage
+		}
+		pm, err := websocket.NewPreparedMessage(typ, m.Data)
+		if err != nil { // only compression can fail, and it is off
+			h.log.Error().Err(err).Msg("preparing a broadcast")
+		} else {
+			out := outgoing{prepared: pm, size: len(m.Data)}
+			for _, c := range targets {
+				c.enqueue(out)
+			}
+		}
+	}
+	clear(targets)
+	*sp = targets[:0]
+	connSlices.Put(sp)
+}
+
+// Execute carries out an admin /send or /close for a local connection.
+func (h *Hub) Execute(cmd pubsub.Command) bool {
+	c := h.get(cmd.Connection)
+	if c == nil {
+		return false
+	}
+	switch cmd.Kind {
+	case pubsub.CommandSend:
+		c.enqueue(outgoing{data: cmd.Data, binary: cmd.Binary, size: len(cmd.Data)})
+	case pubsub.CommandClose:
+		c.closeWith(cmd.Code, cmd.Reason, ByApp)
+	}
+	return true
+}
+
+var _ pubsub.Sink = (*Hub)(nil)
+
+// start runs the heartbeat until stop.
+func (h *Hub) start() {
+	h.tickerWG.Add(1)
+	go func() {
+		defer h.tickerWG.Done()
+		t := time.NewTicker(h.cfg.tick())
+		defer t.Stop()
+		var batch []*Conn
+		for {
+			select {
+			case <-h.stop:
+				return
+			case now := <-t.C:
+				batch = h.sweep(now, batch)
+			}
+		}
+	}()
+}
+
+// sweep is one heartbeat: every connection is visited once; a shard's lock
+// is held only while its connections are copied out.
+func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
+	n := now.UnixNano()
+	for i := range h.shards {
+		s := &h.shards[i]
+		batch = batch[:0]
+		s.mu.RLock()
+		for _, c := range s.conns {
+			batch = append(batch, c)
+		}
+		s.mu.RUnlock()
+		for _, c := range batch {
+			c.heartbeat(n)
+		}
+	}
+	clear(batch)
+	return batch[:0]
+}
+
+// ErrShuttingDown refuses new connections once Shutdown has begun.
+var ErrShuttingDown = errors.New("shutting down")
+
+// Shutdown refuses new connections, closes every open one with 1012 so its
+// client reconnects elsewhere, and waits, until ctx ends, for every one to
+// be torn down. The close webhooks are the callback client's to wait for.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	h.mu.Lock()
+	h.closing = true
+	h.mu.Unlock()
+	n := 0
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		conns := make([]*Conn, 0, len(s.conns))
+		for _, c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.RUnlock()
+		for _, c := range conns {
+			c.closeWith(websocket.CloseServiceRestart, "service restart", ByShutdown)
+			n++
+		}
+	}
+	h.log.Info().Int("connections", n).Msg("closing every WebSocket with 1012")
+	done := make(chan struct{})
+	go func() { h.live.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		// Whatever has not finished its close handshake is cut now; its
+		// teardown still queues the close event.
+		for i := range h.shards {
+			s := &h.shards[i]
+			s.mu.RLock()
+			for _, c := range s.conns {
+				c.cut()
+			}
+			s.mu.RUnlock()
+		}
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
+	}
+	h.stopOnce.Do(func() { close(h.stop) })
+	h.tickerWG.Wait()
+	return err
+}
