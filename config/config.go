@@ -167,6 +167,10 @@ type Callback struct {
 	// ForwardHeaders are the handshake's headers copied onto every event
 	// request.
 	ForwardHeaders []string `key:"forward_headers" default:"Cookie,Authorization" check:"header"`
+	// MaxInFlight caps the event requests in flight to the app, over all
+	// connections; while it is reached, the sockets waiting on it are not
+	// read, so a struggling app is not stampeded and nothing piles up.
+	MaxInFlight int `key:"max_in_flight" default:"256" min:"1" max:"100000"`
 }
 
 // Auth is how handshakes are authenticated before the app is asked.

@@ -21,8 +21,12 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cablecar/cablecar/admin"
+	"github.com/cablecar/cablecar/auth"
+	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/config"
 	"github.com/cablecar/cablecar/proxy"
+	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/upgrade"
 )
 
 // Version is set at build time (-ldflags "-X …sidecar.Version=…").
@@ -33,6 +37,9 @@ type Sidecar struct {
 	cfg     *config.Config
 	log     zerolog.Logger
 	proxy   *proxy.Proxy
+	ws      *upgrade.Server
+	cb      *callback.Client
+	broker  pubsub.Broker
 	front   *fasthttp.Server
 	frontLn net.Listener
 	admin   *admin.Server
@@ -63,18 +70,37 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		ConstLabels: prometheus.Labels{"version": Version},
 	}, func() float64 { return 1 }))
 
+	if cfg.Broker.URL != "" {
+		return nil, errors.New("broker.url is set, but this build has only the in-memory broker: Redis support is not built yet; unset broker.url to run one node")
+	}
+	origins, err := auth.NewOriginPolicy(cfg.WebSocket.AllowedOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("websocket.allowed_origins: %w", err)
+	}
+
 	pcfg := proxyConfig(cfg)
 	p := proxy.New(pcfg, log, reg)
+	broker := pubsub.Metered(pubsub.NewMemory(), reg)
+	cb := callback.New(callbackConfig(cfg), log, reg)
+	ws := upgrade.New(upgradeConfig(cfg, origins), log, reg, cb, broker, p.PrepareHeaders)
+	if err := broker.Start(context.Background(), ws.Hub()); err != nil {
+		return nil, fmt.Errorf("starting the broker: %w", err)
+	}
+	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
-		cfg:   cfg,
-		log:   log,
-		proxy: p,
-		front: proxy.NewServer(pcfg, p.ServeHTTP, log),
-		admin: admin.New(log, reg),
+		cfg:    cfg,
+		log:    log,
+		proxy:  p,
+		ws:     ws,
+		cb:     cb,
+		broker: broker,
+		front:  proxy.NewServer(pcfg, p.ServeHTTP, log),
+		admin:  admin.New(log, reg),
 	}
 	s.admin.AddCheck("app", p.Ping)
+	s.admin.AddCheck("broker", broker.Ready)
+	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 
-	var err error
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
@@ -103,20 +129,42 @@ func proxyConfig(cfg *config.Config) proxy.Config {
 	}
 }
 
-// warnInactive says so when a section that this build validates but does
-// not act on yet has been changed from its defaults: a setting that silently
-// does nothing is worse than a loud one.
+func callbackConfig(cfg *config.Config) callback.Config {
+	return callback.Config{
+		Network:        cfg.Upstream.Network,
+		Address:        cfg.Upstream.Address,
+		ConnectTimeout: cfg.Proxy.ConnectTimeout,
+		Timeout:        cfg.Callback.Timeout,
+		Retries:        cfg.Callback.Retries,
+		Secrets:        cfg.Callback.Secret,
+		MaxInFlight:    cfg.Callback.MaxInFlight,
+	}
+}
+
+func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Config {
+	ws := cfg.WebSocket
+	return upgrade.Config{
+		PingInterval:   ws.PingInterval,
+		PongTimeout:    ws.PongTimeout,
+		SendQueue:      ws.SendQueue,
+		MaxMessageSize: ws.MaxMessageSize,
+		RatePerSecond:  ws.RateLimit.PerSecond,
+		RateBurst:      ws.RateLimit.Burst,
+		Origins:        origins,
+		ForwardHeaders: cfg.Callback.ForwardHeaders,
+	}
+}
+
+// warnInactive says so when settings that this build validates but does
+// not act on yet have been changed from their defaults: a setting that
+// silently does nothing is worse than a loud one.
 func warnInactive(cfg *config.Config, log zerolog.Logger) {
 	def := config.Default()
-	for name, pair := range map[string][2]any{
-		"broker":    {cfg.Broker, def.Broker},
-		"websocket": {cfg.WebSocket, def.WebSocket},
-		"callback":  {cfg.Callback, def.Callback},
-		"auth":      {cfg.Auth, def.Auth},
-	} {
-		if !reflect.DeepEqual(pair[0], pair[1]) {
-			log.Warn().Str("section", name).Msg("configured, but not active in this build: WebSocket, Redis and JWT support are not built yet")
-		}
+	if cfg.Broker.Prefix != def.Broker.Prefix || cfg.Broker.LeaseTTL != def.Broker.LeaseTTL {
+		log.Warn().Str("section", "broker").Msg("broker.prefix and broker.lease_ttl apply to Redis only, which this build does not have yet")
+	}
+	if !reflect.DeepEqual(cfg.Auth, def.Auth) {
+		log.Warn().Str("section", "auth").Msg("configured, but not active in this build: JWT verification is not built yet")
 	}
 }
 
@@ -152,10 +200,23 @@ func (s *Sidecar) Run(ctx context.Context) error {
 
 func (s *Sidecar) shutdown() error {
 	start := time.Now()
-	s.log.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("shutting down: not ready, no new connections, finishing in-flight requests")
+	s.log.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("shutting down: not ready, no new connections, closing WebSockets, finishing in-flight requests")
 	s.admin.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+
+	// WebSockets and plain HTTP drain side by side: the close handshakes
+	// and close webhooks need not wait for a slow download, nor it for them.
+	wsDone := make(chan struct{})
+	go func() {
+		defer close(wsDone)
+		if err := s.ws.Shutdown(ctx); err != nil {
+			s.log.Warn().Int("open", s.ws.Hub().Count()).Msg("shutdown_timeout reached while closing WebSockets: cut the rest")
+		}
+		if err := s.cb.Wait(ctx); err != nil {
+			s.log.Error().Msg("shutdown_timeout reached before every close event was delivered; the rest are dropped (see cablecar_close_events_dropped_total)")
+		}
+	}()
 
 	err := s.front.ShutdownWithContext(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -164,7 +225,11 @@ func (s *Sidecar) shutdown() error {
 	} else if err != nil {
 		s.log.Warn().Err(err).Msg("closing the front listener")
 	}
+	<-wsDone
 	s.proxy.Close()
+	if err := s.broker.Close(); err != nil {
+		s.log.Warn().Err(err).Msg("closing the broker")
+	}
 	if s.adminLn != nil {
 		// The admin listener goes last so that probes see 503, not a refused
 		// connection, for as long as the drain lasts.

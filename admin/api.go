@@ -1,0 +1,243 @@
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cablecar/cablecar/pubsub"
+)
+
+// maxAPIBody bounds a request to the broadcast API.
+const maxAPIBody = 16 << 20
+
+// apiTimeout bounds the broker calls of one API request.
+const apiTimeout = 10 * time.Second
+
+// Broadcaster is what the API needs of the broker: publishing and reaching
+// one connection wherever it is.
+type Broadcaster interface {
+	Publish(ctx context.Context, msgs ...pubsub.Message) error
+	Direct(ctx context.Context, cmd pubsub.Command) error
+}
+
+// EnableAPI serves POST /publish, /send and /close (SPEC §4) through b.
+// With a non-empty apiKey every call must carry "Authorization: Bearer
+// <apiKey>". Call it before Serve.
+func (s *Server) EnableAPI(b Broadcaster, apiKey string) {
+	a := &api{b: b}
+	if apiKey != "" {
+		// Comparing fixed-length digests keeps the comparison constant-time
+		// whatever the length of the key sent.
+		sum := sha256.Sum256([]byte(apiKey))
+		a.keySum = &sum
+	}
+	s.mux.Handle("POST /publish", a.guard(a.publish))
+	s.mux.Handle("POST /send", a.guard(a.send))
+	s.mux.Handle("POST /close", a.guard(a.close))
+}
+
+type api struct {
+	b      Broadcaster
+	keySum *[32]byte
+}
+
+// apiError is an answer other than success.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+func (a *api) guard(h func(ctx context.Context, body []byte) (any, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.keySum != nil {
+			token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+			if !ok || subtle.ConstantTimeCompare(sum[:], a.keySum[:]) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="cablecar"`)
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API key: send Authorization: Bearer <admin.api_key>"})
+				return
+			}
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAPIBody))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body larger than %d bytes", maxAPIBody)})
+				return
+			}
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading the body: " + err.Error()})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
+		defer cancel()
+		out, err := h(ctx, body)
+		if err != nil {
+			var ae *apiError
+			switch {
+			case errors.As(err, &ae):
+				writeJSON(w, ae.status, map[string]string{"error": ae.msg})
+			case errors.Is(err, pubsub.ErrNoConnection):
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+			default:
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker: " + err.Error()})
+			}
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+}
+
+// payload is the data of a message in the API: text as it is, binary as
+// base64.
+func payload(data *string, binary bool, where string) ([]byte, error) {
+	if data == nil {
+		return nil, badRequest("%s: \"data\" is missing", where)
+	}
+	if !binary {
+		if !utf8.ValidString(*data) {
+			return nil, badRequest("%s: \"data\" is not valid UTF-8", where)
+		}
+		return []byte(*data), nil
+	}
+	b, err := base64.StdEncoding.DecodeString(*data)
+	if err != nil {
+		return nil, badRequest("%s: \"data\" is not base64 although \"binary\" is true: %v", where, err)
+	}
+	return b, nil
+}
+
+type publishItem struct {
+	Channel string  `json:"channel"`
+	Data    *string `json:"data"`
+	Binary  bool    `json:"binary"`
+	Except  string  `json:"except"`
+}
+
+// publish takes one message or an array of them; all are checked before
+// any is published.
+func (a *api) publish(ctx context.Context, body []byte) (any, error) {
+	var items []publishItem
+	trimmed := strings.TrimSpace(string(body))
+	if strings.HasPrefix(trimmed, "[") {
+		if err := strictJSON(body, &items); err != nil {
+			return nil, err
+		}
+		if len(items) == 0 {
+			return nil, badRequest("the array is empty: nothing to publish")
+		}
+	} else {
+		var one publishItem
+		if err := strictJSON(body, &one); err != nil {
+			return nil, err
+		}
+		items = []publishItem{one}
+	}
+	msgs := make([]pubsub.Message, len(items))
+	for i, it := range items {
+		where := "message"
+		if len(items) > 1 {
+			where = fmt.Sprintf("message %d", i)
+		}
+		if err := pubsub.ValidateChannel(it.Channel); err != nil {
+			return nil, badRequest("%s: \"channel\": %v", where, err)
+		}
+		data, err := payload(it.Data, it.Binary, where)
+		if err != nil {
+			return nil, err
+		}
+		msgs[i] = pubsub.Message{Channel: it.Channel, Data: data, Binary: it.Binary, Except: it.Except}
+	}
+	if err := a.b.Publish(ctx, msgs...); err != nil {
+		return nil, err
+	}
+	return map[string]int{"published": len(msgs)}, nil
+}
+
+func (a *api) send(ctx context.Context, body []byte) (any, error) {
+	var in struct {
+		Connection string  `json:"connection"`
+		Data       *string `json:"data"`
+		Binary     bool    `json:"binary"`
+	}
+	if err := strictJSON(body, &in); err != nil {
+		return nil, err
+	}
+	if in.Connection == "" {
+		return nil, badRequest("\"connection\" is missing")
+	}
+	data, err := payload(in.Data, in.Binary, "send")
+	if err != nil {
+		return nil, err
+	}
+	err = a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandSend, Connection: in.Connection, Data: data, Binary: in.Binary})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"sent": in.Connection}, nil
+}
+
+func (a *api) close(ctx context.Context, body []byte) (any, error) {
+	var in struct {
+		Connection string `json:"connection"`
+		Code       *int   `json:"code"`
+		Reason     string `json:"reason"`
+	}
+	if err := strictJSON(body, &in); err != nil {
+		return nil, err
+	}
+	if in.Connection == "" {
+		return nil, badRequest("\"connection\" is missing")
+	}
+	code := 1000
+	if in.Code != nil {
+		code = *in.Code
+	}
+	if code != 1000 && (code < 3000 || code > 4999) {
+		return nil, badRequest("\"code\" %d: use 1000 or 3000–4999 (the others are the protocol's)", code)
+	}
+	if len(in.Reason) > 123 || !utf8.ValidString(in.Reason) {
+		return nil, badRequest("\"reason\" must be valid UTF-8 of at most 123 bytes")
+	}
+	err := a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandClose, Connection: in.Connection, Code: code, Reason: in.Reason})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"closed": in.Connection}, nil
+}
+
+// strictJSON decodes one JSON value, refusing unknown fields so that a typo
+// ("chanel") is an error rather than a silent no-op.
+func strictJSON(body []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return badRequest("invalid JSON: more than one value in the body")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
