@@ -140,13 +140,10 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		}
 	}
 
-	// fasthttp keeps Set-Cookie apart from other headers, one per cookie.
+	// fasthttp keeps Set-Cookie apart from other headers, one raw value
+	// per cookie; they are relayed verbatim.
 	for _, v := range resp.Header.Cookies() {
-		ck := fasthttp.AcquireCookie()
-		if ck.ParseBytes(v) == nil {
-			ctx.Response.Header.SetCookie(ck)
-		}
-		fasthttp.ReleaseCookie(ck)
+		ctx.Response.Header.AddBytesV("Set-Cookie", v)
 	}
 	if acc.protocol != "" {
 		ctx.Response.Header.Set("Sec-WebSocket-Protocol", acc.protocol)

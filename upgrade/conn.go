@@ -240,6 +240,11 @@ func (c *Conn) writeFailed(err error) {
 // is dropped. The socket is cut if the client has not answered within the
 // close timeout.
 func (c *Conn) closeWith(code int, reason, by string) {
+	c.closeWithin(code, reason, by, c.hub.cfg.CloseTimeout)
+}
+
+// closeWithin is closeWith with the time the client has to answer.
+func (c *Conn) closeWithin(code int, reason, by string, wait time.Duration) {
 	if !c.decide(closing{code: code, reason: reason, by: by, send: true}) {
 		return
 	}
@@ -247,11 +252,19 @@ func (c *Conn) closeWith(code int, reason, by string) {
 	if by == BySlow {
 		c.queue = nil
 		c.queued = 0
+		// Our close frame is stuck behind the write the client is not
+		// reading; waiting long for its answer would only delay the close
+		// event.
+		wait = min(wait, slowCloseWait)
 	}
 	c.kickLocked()
 	c.mu.Unlock()
-	c.closeBy.Store(time.Now().Add(c.hub.cfg.CloseTimeout).UnixNano())
+	c.closeBy.Store(time.Now().Add(wait).UnixNano())
 }
+
+// slowCloseWait is how long a client closed as slow has to take our close
+// frame before its socket is cut.
+const slowCloseWait = time.Second
 
 // decide records how the connection ends; the first caller wins.
 func (c *Conn) decide(e closing) bool {

@@ -278,6 +278,13 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.closing = true
 	h.mu.Unlock()
+	// Clients get the usual time to answer our close frame, but no more
+	// than a third of what is left, so that the close events still have
+	// time to reach the app when a client never answers.
+	wait := h.cfg.CloseTimeout
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d)/3)
+	}
 	n := 0
 	for i := range h.shards {
 		s := &h.shards[i]
@@ -288,7 +295,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		}
 		s.mu.RUnlock()
 		for _, c := range conns {
-			c.closeWith(websocket.CloseServiceRestart, "service restart", ByShutdown)
+			c.closeWithin(websocket.CloseServiceRestart, "service restart", ByShutdown, wait)
 			n++
 		}
 	}
