@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack puma
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test unit e2e deps deps-bench bench-proxy fmt vet clean
+.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-go fmt vet clean
 
 all: build
 
@@ -47,6 +47,15 @@ deps-bench:
 ## bench-proxy: requests/s and latency, direct vs nginx vs Cablecar (see docs/performance.md).
 bench-proxy: deps-bench
 	bash e2e/bench/proxy.sh
+
+# WebSockets on the real binary in front of Puma: memory and goroutines per
+# idle connection, fan-out latency of one broadcast to every connection.
+bench-ws: deps
+	$(GO) test -run - -bench WSConnections -benchtime 1x -timeout 10m ./e2e/
+
+# In-process Go benchmarks (pass-through, event bodies, broker, replies).
+bench-go:
+	$(GO) test -run - -bench . -benchmem $$($(GO) list ./... | grep -v /e2e)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -438,33 +438,6 @@ func TestProxyKeepAlivePool(t *testing.T) {
 	}
 }
 
-// TestProxyWebSocketUpgrade501: until WebSockets land, a handshake is
-// refused outright and never reaches the app.
-func TestProxyWebSocketUpgrade501(t *testing.T) {
-	t.Parallel()
-	p, c := startStack(t, PumaOptions{}, nil)
-	request := strings.Join([]string{
-		"GET /ws-probe HTTP/1.1",
-		"Host: app.test",
-		"Connection: Upgrade",
-		"Upgrade: websocket",
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-		"Sec-WebSocket-Version: 13",
-		"", "",
-	}, "\r\n")
-	resp, body := rawExchange(t, c.Addr, request, "GET")
-	if resp.StatusCode != 501 {
-		t.Fatalf("status %d, want 501; body %q", resp.StatusCode, body)
-	}
-	checkOneLineText(t, resp, body)
-	if !strings.Contains(strings.ToLower(string(body)), "websocket") {
-		t.Errorf("501 body %q does not say WebSockets are what is missing", body)
-	}
-	if n := p.Hits("/ws-probe"); n != 0 {
-		t.Fatalf("the app saw the upgrade request %d times", n)
-	}
-}
-
 func TestAccessLog(t *testing.T) {
 	t.Parallel()
 	_, c := startStack(t, PumaOptions{}, nil)

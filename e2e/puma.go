@@ -24,6 +24,9 @@ type PumaOptions struct {
 	Port    int               // TCP port; 0 picks a free one (ignored with Unix)
 	Threads string            // Puma's -t, "min:max"; "" is 8:32, enough that held streams starve nothing
 	Env     map[string]string // extra environment for the app
+	// Rackup, when set, runs this config.ru instead of the test app; Puma
+	// is then ready when it answers anything at all on /.
+	Rackup string
 }
 
 // Puma is testdata/app/config.ru running under the real puma binary.
@@ -82,9 +85,12 @@ func StartPuma(t testing.TB, opts PumaOptions) *Puma {
 		threads = "8:32"
 	}
 	// --no-config: no config/puma.rb found by accident changes the run.
-	cmd := exec.Command(puma, "--no-config", "-b", bind, "-t", threads, "-e", "production",
-		filepath.Join(app, "config.ru"))
-	cmd.Dir = app
+	rackup := filepath.Join(app, "config.ru")
+	if opts.Rackup != "" {
+		rackup = opts.Rackup
+	}
+	cmd := exec.Command(puma, "--no-config", "-b", bind, "-t", threads, "-e", "production", rackup)
+	cmd.Dir = filepath.Dir(rackup)
 	cmd.Env = append(os.Environ(), "RACK_ENV=production")
 	for _, k := range slices.Sorted(maps.Keys(opts.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+opts.Env[k])
@@ -100,6 +106,10 @@ func StartPuma(t testing.TB, opts PumaOptions) *Puma {
 		if proc.exited() {
 			exited = true
 			return true
+		}
+		if opts.Rackup != "" {
+			code, _, err := get(p.client, p.URL+"/", time.Second)
+			return err == nil && code > 0
 		}
 		code, body, err := get(p.client, p.URL+"/health", time.Second)
 		return err == nil && code == 200 && body == "ok"

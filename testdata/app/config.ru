@@ -8,10 +8,13 @@
 # streams that only advance when the test says so, slow answers, odd statuses.
 #
 # Plain Rack (2.2 and 3), only the standard library: no gems beyond rack.
+# The WebSocket side (accept requests and event webhooks under /ws) is in
+# ws.rb.
 
 require "json"
 require "digest"
 require "uri"
+require_relative "ws"
 
 module CablecarTestApp
   READ_CHUNK = 64 * 1024
@@ -111,6 +114,7 @@ module CablecarTestApp
     def initialize
       @hits = Hits.new
       @gates = Gates.new
+      @ws = WS.new
     end
 
     def call(env)
@@ -141,6 +145,7 @@ module CablecarTestApp
       when %r{\A/status/(\d{3})\z} then status(Regexp.last_match(1).to_i)
       when "/hits" then json(200, { "path" => query["path"].to_s, "hits" => @hits[query["path"].to_s] })
       when "/response-headers" then response_headers(query)
+      when %r{\A/ws(/|\z)} then @ws.call(env, path, query)
       else text(404, "not found: #{path}\n")
       end
     end
