@@ -11,7 +11,7 @@ import (
 )
 
 func TestMemoryContract(t *testing.T) {
-	pubsubtest.Run(t, func(*testing.T) pubsub.Broker { return pubsub.NewMemory() })
+	pubsubtest.Run(t, func(*testing.T, string) pubsub.Broker { return pubsub.NewMemory() })
 }
 
 // Before Start there is no sink to deliver to; a caller that gets the order

@@ -1,0 +1,112 @@
+package pubsub
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The envelope carries what a verbatim PUBLISH cannot: binary payloads,
+// the connection to leave out, and commands for one node. It is sent only
+// on internal channels (see redis.go), never on an app's channel, and is
+// binary-safe:
+//
+//	byte 0    'C'  (Cablecar)
+//	byte 1    '1'  (version)
+//	byte 2    kind: 'm' broadcast, 's' send to a connection, 'c' close it
+//	byte 3    flags: bit 0 set = binary payload
+//	uvarint   length of the connection id, then the id (for 'm': the
+//	          connection left out, may be empty)
+//	uvarint   close code (for 'c' only)
+//	rest      the payload (for 'c': the close reason)
+const (
+	envMagic   = 'C'
+	envVersion = '1'
+	kindMsg    = 'm'
+	kindSend   = 's'
+	kindClose  = 'c'
+	flagBinary = 1
+)
+
+func encodeMessage(m *Message) []byte {
+	return appendEnvelope(nil, kindMsg, m.Binary, m.Except, 0, m.Data)
+}
+
+func encodeCommand(c *Command) []byte {
+	if c.Kind == CommandClose {
+		return appendEnvelope(nil, kindClose, false, c.Connection, c.Code, []byte(c.Reason))
+	}
+	return appendEnvelope(nil, kindSend, c.Binary, c.Connection, 0, c.Data)
+}
+
+func appendEnvelope(b []byte, kind byte, bin bool, id string, code int, payload []byte) []byte {
+	var flags byte
+	if bin {
+		flags |= flagBinary
+	}
+	b = append(b, envMagic, envVersion, kind, flags)
+	b = binary.AppendUvarint(b, uint64(len(id)))
+	b = append(b, id...)
+	if kind == kindClose {
+		b = binary.AppendUvarint(b, uint64(code))
+	}
+	return append(b, payload...)
+}
+
+type envelope struct {
+	kind    byte
+	binary  bool
+	id      string
+	code    int
+	payload []byte
+}
+
+var errEnvelope = errors.New("not a Cablecar envelope")
+
+func decodeEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if len(b) < 4 || b[0] != envMagic || b[1] != envVersion {
+		return e, errEnvelope
+	}
+	e.kind, e.binary = b[2], b[3]&flagBinary != 0
+	b = b[4:]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return e, fmt.Errorf("%w: bad id length", errEnvelope)
+	}
+	e.id, b = string(b[k:k+int(n)]), b[k+int(n):]
+	if e.kind == kindClose {
+		code, k := binary.Uvarint(b)
+		if k <= 0 || code > 4999 {
+			return e, fmt.Errorf("%w: bad close code", errEnvelope)
+		}
+		e.code, b = int(code), b[k:]
+	}
+	e.payload = b
+	return e, nil
+}
+
+func decodeMessage(b []byte) (Message, error) {
+	e, err := decodeEnvelope(b)
+	if err != nil {
+		return Message{}, err
+	}
+	if e.kind != kindMsg {
+		return Message{}, fmt.Errorf("%w: kind %q on a broadcast channel", errEnvelope, e.kind)
+	}
+	return Message{Data: e.payload, Binary: e.binary, Except: e.id}, nil
+}
+
+func decodeCommand(b []byte) (Command, error) {
+	e, err := decodeEnvelope(b)
+	if err != nil {
+		return Command{}, err
+	}
+	switch e.kind {
+	case kindSend:
+		return Command{Kind: CommandSend, Connection: e.id, Data: e.payload, Binary: e.binary}, nil
+	case kindClose:
+		return Command{Kind: CommandClose, Connection: e.id, Code: e.code, Reason: string(e.payload)}, nil
+	}
+	return Command{}, fmt.Errorf("%w: kind %q on a node channel", errEnvelope, e.kind)
+}

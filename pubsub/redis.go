@@ -1,0 +1,566 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Redis names, under the configured prefix. Channel names cannot contain
+// '~' (ValidateChannel), so nothing internal can collide with an app's
+// channel:
+//
+//	<prefix><channel>               verbatim text broadcasts: PUBLISH from anyone
+//	<prefix>~x:{<prefix><channel>}  broadcasts in the envelope (binary, except)
+//	<prefix>~node:<node id>         sends and closes for one node's connections
+//
+// The envelope channel's hash tag is the verbatim channel's name, so on a
+// Redis Cluster both live on the same shard and keep one publisher's order.
+const (
+	envelopeInfix = "~x:{"
+	nodeInfix     = "~node:"
+)
+
+// envelopeName is the envelope channel of a verbatim Redis channel name.
+func envelopeName(prefix, channel string) string {
+	return prefix + envelopeInfix + prefix + channel + "}"
+}
+
+// RedisConfig is what the Redis broker needs.
+type RedisConfig struct {
+	URL    string // redis://, rediss://, redis+sentinel://, redis+cluster://, rediss+cluster://
+	Prefix string
+	Node   string // this node's id, as in its connection ids
+}
+
+// Redis is the broker of several nodes: broadcasts travel over Redis
+// pub/sub (sharded pub/sub on a Redis Cluster), so that a PUBLISH from the
+// app, or a publish on any node, reaches every node with subscribers.
+//
+// A node holds one subscriber connection (one per shard on a cluster), not
+// one per channel, and subscribes only to channels it has local
+// subscribers for. go-redis reconnects and resubscribes after an outage;
+// Ready reports the outage meanwhile.
+type Redis struct {
+	cfg     RedisConfig
+	log     zerolog.Logger
+	rdb     redis.UniversalClient
+	cluster bool
+	sub     subscriber
+	metrics *redisMetrics
+
+	nodeChannel string
+	sink        Sink
+
+	opMu    sync.Mutex // orders subscription changes with the commands that make them
+	mu      sync.Mutex // guards chans and confirm
+	chans   map[string]*chanState      // by channel name (not the Redis name)
+	confirm map[string]chan struct{} // Redis channel → closed when Redis confirms it
+
+	connected atomic.Bool
+	lastErr   atomic.Pointer[string]
+	downSince atomic.Int64 // unix nanos; 0 while connected
+
+	started atomic.Bool
+	closed  atomic.Bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// chanState is one channel this node is subscribed to.
+type chanState struct {
+	refs  int
+	ready chan struct{} // closed once Redis confirmed the subscription
+}
+
+// handler is what a subscriber reports to.
+type handler interface {
+	received(channel string, payload []byte)
+	subscribed(channel string)
+	alive()
+	setDown(err error)
+}
+
+// subscriber is the receiving side: one connection with SUBSCRIBE on a
+// plain Redis, or one per shard with SSUBSCRIBE on a cluster.
+type subscriber interface {
+	// run receives until ctx ends, reconnecting and resubscribing.
+	run(ctx context.Context, h handler)
+	// subscribe sends the subscription; the confirmation comes through
+	// handler.subscribed.
+	subscribe(ctx context.Context, channels ...string) error
+	unsubscribe(ctx context.Context, channels ...string) error
+	ping(ctx context.Context) error
+	close()
+}
+
+var _ Broker = (*Redis)(nil)
+
+// NewRedis builds the broker from its URL. It does not connect: Start does,
+// and keeps trying when Redis is not there yet.
+func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*Redis, error) {
+	setRedisLogger(log)
+	rdb, cluster, err := NewRedisClient(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{
+		cfg:         cfg,
+		log:         log.With().Str("component", "broker").Logger(),
+		rdb:         rdb,
+		cluster:     cluster,
+		metrics:     newRedisMetrics(reg),
+		nodeChannel: cfg.Prefix + nodeInfix + cfg.Node,
+		chans:       map[string]*chanState{},
+		confirm:     map[string]chan struct{}{},
+	}
+	if cluster {
+		r.sub = newShardedSubscriber(rdb.(*redis.ClusterClient), r.log)
+	} else {
+		r.sub = newPlainSubscriber(rdb)
+	}
+	return r, nil
+}
+
+// NewRedisClient builds a go-redis client from a broker URL: redis:// and
+// rediss:// (one server), redis+sentinel:// (go-redis's failover URL, with
+// master_name=), redis+cluster:// and rediss+cluster:// (go-redis's cluster
+// URL: the first node in the host, more as addr=). The bool is true for a
+// cluster.
+func NewRedisClient(raw string) (redis.UniversalClient, bool, error) {
+	opt, err := parseRedisURL(raw)
+	if err != nil {
+		return nil, false, err
+	}
+	switch o := opt.(type) {
+	case *redis.Options:
+		return redis.NewClient(o), false, nil
+	case *redis.FailoverOptions:
+		return redis.NewFailoverClient(o), false, nil
+	default:
+		return redis.NewClusterClient(o.(*redis.ClusterOptions)), true, nil
+	}
+}
+
+// CheckRedisURL reports what is wrong with a broker URL, without
+// connecting: the config check uses it, so that a URL that cannot work
+// stops start-up like any other bad value.
+func CheckRedisURL(raw string) error {
+	_, err := parseRedisURL(raw)
+	return err
+}
+
+func parseRedisURL(raw string) (any, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	scheme := strings.ToLower(u.Scheme)
+	switch scheme {
+	case "redis", "rediss":
+		return redis.ParseURL(raw)
+	case "redis+sentinel":
+		u.Scheme = "redis"
+		opt, err := redis.ParseFailoverURL(u.String())
+		if err != nil {
+			return nil, err
+		}
+		if opt.MasterName == "" {
+			return nil, errors.New("redis+sentinel:// needs the master's name as ?master_name=")
+		}
+		return opt, nil
+	case "redis+cluster", "rediss+cluster":
+		u.Scheme = strings.TrimSuffix(scheme, "+cluster")
+		return redis.ParseClusterURL(u.String())
+	}
+	return nil, fmt.Errorf("unknown scheme %q", u.Scheme)
+}
+
+// Client is the Redis client, for the connection registry.
+func (r *Redis) Client() redis.UniversalClient { return r.rdb }
+
+// Start subscribes to this node's command channel and begins delivering to
+// sink. Redis being down is not an error: the broker keeps reconnecting and
+// Ready says why it is not ready.
+func (r *Redis) Start(ctx context.Context, sink Sink) error {
+	if sink == nil {
+		return errors.New("pubsub: Start with a nil sink")
+	}
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("pubsub: broker already started")
+	}
+	r.sink = sink
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	connecting := "connecting"
+	r.lastErr.Store(&connecting)
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); r.sub.run(runCtx, r) }()
+	go func() { defer r.wg.Done(); r.watch(runCtx) }()
+
+	// The node channel is subscribed for as long as the node lives.
+	r.mu.Lock()
+	st := &chanState{refs: 1, ready: make(chan struct{})}
+	r.confirm[r.nodeChannel] = st.ready
+	r.mu.Unlock()
+	if err := r.sub.subscribe(runCtx, r.nodeChannel); err != nil {
+		r.log.Warn().Err(err).Msg("Redis is not reachable yet; retrying in the background")
+		return nil
+	}
+	wait, cancelWait := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelWait()
+	select {
+	case <-st.ready:
+	case <-wait.Done():
+		r.log.Warn().Msg("Redis has not confirmed this node's subscription yet; retrying in the background")
+	}
+	return nil
+}
+
+func (r *Redis) usable() error {
+	switch {
+	case r.closed.Load():
+		return ErrClosed
+	case !r.started.Load():
+		return ErrNotStarted
+	}
+	return nil
+}
+
+// Subscribe adds a local subscriber to channel; the first one subscribes
+// the node in Redis, and every caller returns only once Redis confirmed.
+func (r *Redis) Subscribe(ctx context.Context, channel string) error {
+	if err := ValidateChannel(channel); err != nil {
+		return err
+	}
+	if err := r.usable(); err != nil {
+		return err
+	}
+	verbatim, enveloped := r.cfg.Prefix+channel, envelopeName(r.cfg.Prefix, channel)
+	r.opMu.Lock()
+	r.mu.Lock()
+	st := r.chans[channel]
+	first := st == nil
+	if first {
+		st = &chanState{ready: make(chan struct{})}
+		r.chans[channel] = st
+		// The envelope channel is confirmed second (Redis answers in
+		// order), so its confirmation means both are in effect.
+		r.confirm[enveloped] = st.ready
+	}
+	st.refs++
+	r.mu.Unlock()
+	var err error
+	if first {
+		err = r.sub.subscribe(ctx, verbatim, enveloped)
+	}
+	r.opMu.Unlock()
+	if err == nil {
+		select {
+		case <-st.ready:
+			return nil
+		case <-ctx.Done():
+			err = fmt.Errorf("Redis did not confirm the subscription to %q: %w", channel, ctx.Err())
+		}
+	}
+	// Undo this subscriber's share; if it was the only one, the node
+	// unsubscribes again.
+	uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = r.Unsubscribe(uctx, channel)
+	return err
+}
+
+// Unsubscribe removes a local subscriber; the last one unsubscribes the
+// node in Redis.
+func (r *Redis) Unsubscribe(ctx context.Context, channel string) error {
+	if err := r.usable(); err != nil {
+		return err
+	}
+	verbatim, enveloped := r.cfg.Prefix+channel, envelopeName(r.cfg.Prefix, channel)
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	st := r.chans[channel]
+	if st == nil {
+		r.mu.Unlock()
+		return nil
+	}
+	st.refs--
+	last := st.refs <= 0
+	if last {
+		delete(r.chans, channel)
+		delete(r.confirm, enveloped)
+	}
+	r.mu.Unlock()
+	if !last {
+		return nil
+	}
+	return r.sub.unsubscribe(ctx, verbatim, enveloped)
+}
+
+// Publish sends every message in one round trip: plain text without an
+// exception verbatim (so it looks exactly like an app's PUBLISH), the rest
+// in the envelope.
+func (r *Redis) Publish(ctx context.Context, msgs ...Message) error {
+	for i := range msgs {
+		if err := ValidateChannel(msgs[i].Channel); err != nil {
+			return fmt.Errorf("pubsub: message %d: %w", i, err)
+		}
+	}
+	if err := r.usable(); err != nil {
+		return err
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	pipe := r.rdb.Pipeline()
+	for i := range msgs {
+		m := &msgs[i]
+		if !m.Binary && m.Except == "" {
+			r.publish(ctx, pipe, r.cfg.Prefix+m.Channel, m.Data)
+		} else {
+			r.publish(ctx, pipe, envelopeName(r.cfg.Prefix, m.Channel), encodeMessage(m))
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("publishing to Redis: %w", err)
+	}
+	return nil
+}
+
+func (r *Redis) publish(ctx context.Context, pipe redis.Pipeliner, channel string, payload []byte) *redis.IntCmd {
+	if r.cluster {
+		return pipe.SPublish(ctx, channel, payload)
+	}
+	return pipe.Publish(ctx, channel, payload)
+}
+
+// Direct sends a command to the node whose id the connection id carries.
+// A command for this node's own connection skips Redis.
+func (r *Redis) Direct(ctx context.Context, cmd Command) error {
+	if cmd.Kind != CommandSend && cmd.Kind != CommandClose {
+		return fmt.Errorf("pubsub: unknown command kind %d", cmd.Kind)
+	}
+	if err := r.usable(); err != nil {
+		return err
+	}
+	node, ok := NodeOf(cmd.Connection)
+	if !ok {
+		return ErrNoConnection
+	}
+	if node == r.cfg.Node {
+		if !r.sink.Execute(cmd) {
+			return ErrNoConnection
+		}
+		return nil
+	}
+	pipe := r.rdb.Pipeline()
+	n := r.publish(ctx, pipe, r.cfg.Prefix+nodeInfix+node, encodeCommand(&cmd))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("publishing to Redis: %w", err)
+	}
+	if n.Val() == 0 {
+		// No node listens there: that node is gone, and its connections
+		// with it.
+		return ErrNoConnection
+	}
+	return nil
+}
+
+// Ready is nil while the subscriber connection is up and Redis answers.
+func (r *Redis) Ready(ctx context.Context) error {
+	if err := r.usable(); err != nil {
+		return err
+	}
+	if !r.connected.Load() {
+		msg := "not connected"
+		if p := r.lastErr.Load(); p != nil {
+			msg = *p
+		}
+		return fmt.Errorf("Redis: %s", msg)
+	}
+	if err := r.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("Redis: %w", err)
+	}
+	return nil
+}
+
+// Close stops the subscriber and closes the client.
+func (r *Redis) Close() error {
+	if !r.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.sub.close()
+	r.wg.Wait()
+	return r.rdb.Close()
+}
+
+// received is the subscriber's callback for every message.
+func (r *Redis) received(channel string, payload []byte) {
+	rest, ok := strings.CutPrefix(channel, r.cfg.Prefix)
+	if !ok {
+		return
+	}
+	switch {
+	case channel == r.nodeChannel:
+		cmd, err := decodeCommand(payload)
+		if err != nil {
+			r.metrics.decodeErrors.Inc()
+			r.log.Warn().Err(err).Msg("undecodable command on this node's channel")
+			return
+		}
+		r.metrics.received.WithLabelValues("command").Inc()
+		if !r.sink.Execute(cmd) {
+			r.log.Debug().Str("conn_id", cmd.Connection).Msg("command for a connection no longer here")
+		}
+	case strings.HasPrefix(rest, envelopeInfix):
+		inner, ok := strings.CutPrefix(strings.TrimSuffix(rest[len(envelopeInfix):], "}"), r.cfg.Prefix)
+		if !ok {
+			return
+		}
+		m, err := decodeMessage(payload)
+		if err != nil {
+			r.metrics.decodeErrors.Inc()
+			r.log.Warn().Err(err).Str("channel", rest).Msg("undecodable message in the envelope channel")
+			return
+		}
+		m.Channel = inner
+		r.metrics.received.WithLabelValues("envelope").Inc()
+		r.sink.Deliver(m)
+	default:
+		r.metrics.received.WithLabelValues("verbatim").Inc()
+		r.sink.Deliver(Message{Channel: rest, Data: payload})
+	}
+}
+
+// subscribed is the subscriber's callback for every confirmation,
+// including those of the resubscription after a reconnect.
+func (r *Redis) subscribed(channel string) {
+	r.alive()
+	r.mu.Lock()
+	ready := r.confirm[channel]
+	delete(r.confirm, channel)
+	r.mu.Unlock()
+	if ready != nil {
+		close(ready)
+	}
+}
+
+// alive records that the subscriber connection works.
+func (r *Redis) alive() {
+	if r.connected.CompareAndSwap(false, true) {
+		if since := r.downSince.Swap(0); since != 0 {
+			d := time.Duration(time.Now().UnixNano() - since)
+			r.metrics.outageSeconds.Add(d.Seconds())
+			r.log.Info().Dur("after", d).Msg("Redis connection restored; subscriptions renewed")
+		}
+		r.metrics.connected.Set(1)
+	}
+}
+
+func (r *Redis) setDown(err error) {
+	msg := err.Error()
+	r.lastErr.Store(&msg)
+	// Only the fall from connected counts: the first connection attempts
+	// at start-up are not an outage.
+	if r.connected.CompareAndSwap(true, false) {
+		r.downSince.CompareAndSwap(0, time.Now().UnixNano())
+		r.metrics.connected.Set(0)
+		r.metrics.disconnects.Inc()
+		if !r.closed.Load() {
+			r.log.Warn().Err(err).Msg("Redis connection lost: broadcasts published meanwhile are lost; reconnecting")
+		}
+	}
+}
+
+// watch pings over the subscriber connection every second: it notices a
+// dead connection that would otherwise only show on the next message, and
+// it is what reconnects an idle subscriber.
+func (r *Redis) watch(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := r.sub.ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			r.setDown(err)
+		}
+	}
+}
+
+var redisLoggerOnce sync.Once
+
+// setRedisLogger sends go-redis's own messages (one per failed dial while
+// Redis is away) to our log at debug: our warnings already say it is down.
+func setRedisLogger(log zerolog.Logger) {
+	redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{log.With().Str("component", "go-redis").Logger()}) })
+}
+
+type redisLogger struct{ log zerolog.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug().Msgf(format, v...)
+}
+
+// backoff is the wait before the n-th reconnection attempt in a row.
+func backoff(n int) time.Duration {
+	d := 50 * time.Millisecond << min(n, 6)
+	d = min(d, 2*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+type redisMetrics struct {
+	connected     prometheus.Gauge
+	disconnects   prometheus.Counter
+	outageSeconds prometheus.Counter
+	received      *prometheus.CounterVec
+	decodeErrors  prometheus.Counter
+}
+
+func newRedisMetrics(reg prometheus.Registerer) *redisMetrics {
+	m := &redisMetrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cablecar_broker_connected",
+			Help: "1 while the Redis subscriber connection is up.",
+		}),
+		disconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cablecar_broker_disconnects_total",
+			Help: "Times the Redis subscriber connection was lost.",
+		}),
+		outageSeconds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cablecar_broker_outage_seconds_total",
+			Help: "Time without a Redis subscriber connection: broadcasts published meanwhile did not reach this node.",
+		}),
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cablecar_broker_received_total",
+			Help: "Messages received from Redis, by kind (verbatim, envelope, command).",
+		}, []string{"kind"}),
+		decodeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cablecar_broker_decode_errors_total",
+			Help: "Messages on internal channels that could not be decoded (dropped).",
+		}),
+	}
+	reg.MustRegister(m.connected, m.disconnects, m.outageSeconds, m.received, m.decodeErrors)
+	return m
+}
