@@ -120,7 +120,7 @@ type Broker struct {
 	// rediss:// or redis+sentinel:// URL.
 	URL string `key:"url" default:"" check:"broker_url"`
 	// Prefix is put before every channel name in Redis; empty means none.
-	Prefix string `key:"prefix" default:"cablecar:"`
+	Prefix string `key:"prefix" default:"cablecar:" check:"broker_prefix"`
 	// LeaseTTL is how long a node's lease lives without renewal; once it
 	// lapses, another node sends the app the close events of its
 	// connections.

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"github.com/cablecar/cablecar/pubsub"
 	"math"
 	"net"
 	"net/netip"
@@ -270,6 +271,7 @@ var checks = map[string]func(string) error{
 	"listen":          checkListen,
 	"listen_or_empty": checkListenOrEmpty,
 	"broker_url":      checkBrokerURL,
+	"broker_prefix":   checkBrokerPrefix,
 	"http_url":        checkHTTPURL,
 	"origin":          checkOrigin,
 	"header":          checkHeaderName,
@@ -288,18 +290,33 @@ func checkBrokerURL(s string) error {
 	if s == "" {
 		return nil
 	}
-	const forms = `use redis://, rediss:// or redis+sentinel://, or "" for in-memory`
+	const forms = `use redis://, rediss://, redis+sentinel://, redis+cluster:// or rediss+cluster://, or "" for in-memory`
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {
 		return fmt.Errorf("is not a URL (%s)", forms)
 	}
 	switch strings.ToLower(u.Scheme) {
-	case "redis", "rediss", "redis+sentinel":
+	case "redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster":
 	default:
 		return fmt.Errorf("has unknown scheme %q (%s)", u.Scheme, forms)
 	}
 	if u.Host == "" {
 		return errors.New("has no host (e.g. redis://redis:6379/0)")
+	}
+	// The same parser the broker uses: what it would refuse at start-up
+	// (an unknown parameter, a sentinel URL without master_name) is
+	// refused here, as a config error.
+	if err := pubsub.CheckRedisURL(s); err != nil {
+		return fmt.Errorf("cannot be used: %v", err)
+	}
+	return nil
+}
+
+// checkBrokerPrefix keeps out what would change the meaning of Redis names:
+// braces are Redis Cluster hash tags, and "~" starts Cablecar's own names.
+func checkBrokerPrefix(s string) error {
+	if i := strings.IndexAny(s, "{}~ \t\r\n"); i >= 0 {
+		return fmt.Errorf("must not contain %q: braces are Redis Cluster hash tags and ~ starts Cablecar's own names", s[i])
 	}
 	return nil
 }
