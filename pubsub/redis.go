@@ -62,9 +62,9 @@ type Redis struct {
 	nodeChannel string
 	sink        Sink
 
-	opMu    sync.Mutex // orders subscription changes with the commands that make them
-	mu      sync.Mutex // guards chans and confirm
-	chans   map[string]*chanState      // by channel name (not the Redis name)
+	opMu    sync.Mutex               // orders subscription changes with the commands that make them
+	mu      sync.Mutex               // guards chans and confirm
+	chans   map[string]*chanState    // by channel name (not the Redis name)
 	confirm map[string]chan struct{} // Redis channel → closed when Redis confirms it
 
 	connected atomic.Bool

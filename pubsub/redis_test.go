@@ -370,4 +370,3 @@ func TestNewRedisClientURLs(t *testing.T) {
 		}
 	}
 }
-
