@@ -63,7 +63,7 @@ type Redis struct {
 	sink        Sink
 
 	opMu    sync.Mutex               // orders subscription changes with the commands that make them
-	mu      sync.Mutex               // guards chans and confirm
+	mu      sync.RWMutex             // guards chans and confirm
 	chans   map[string]*chanState    // by channel name (not the Redis name)
 	confirm map[string]chan struct{} // Redis channel → closed when Redis confirms it
 
@@ -441,11 +441,25 @@ func (r *Redis) received(channel string, payload []byte) {
 		}
 		m.Channel = inner
 		r.metrics.received.WithLabelValues("envelope").Inc()
-		r.sink.Deliver(m)
+		if r.subscribedTo(inner) {
+			r.sink.Deliver(m)
+		}
 	default:
 		r.metrics.received.WithLabelValues("verbatim").Inc()
-		r.sink.Deliver(Message{Channel: rest, Data: payload})
+		if r.subscribedTo(rest) {
+			r.sink.Deliver(Message{Channel: rest, Data: payload})
+		}
 	}
+}
+
+// subscribedTo reports whether the node still has subscribers for
+// channel. Redis may deliver a message that crossed our UNSUBSCRIBE on
+// the wire; it is dropped here, so that after Unsubscribe returns nothing
+// more arrives, as with the memory broker.
+func (r *Redis) subscribedTo(channel string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.chans[channel] != nil
 }
 
 // subscribed is the subscriber's callback for every confirmation,

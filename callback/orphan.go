@@ -1,0 +1,179 @@
+package callback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cablecar/cablecar/pubsub"
+)
+
+// LostCloseN is the event number n of the close event posted for a
+// connection whose node was lost (by: node_lost): its id is
+// "<connection id>:9007199254740991".
+//
+// The node that numbered the connection's events is gone, and storing the
+// last number in Redis would cost a write per message, so no node knows
+// what n would come next. 2^53−1 instead: the largest integer a JSON
+// number carries exactly (JavaScript, and JSON parsers that read numbers
+// as doubles); a real connection never counts that far, so the id never
+// collides with a real event's, sorts after all of them, and is the same
+// whichever node posts it — should a lost close event be posted twice (a
+// reaper dying halfway, a retry), the app drops the repeat like any other.
+const LostCloseN = 1<<53 - 1
+
+// Errors of DeliverClose, to be inspected with errors.Is. Both are counted
+// in cablecar_close_events_dropped_total and logged.
+var (
+	// ErrCloseRejected: the app refused the close event (a 4xx other
+	// than 410). Posting it again will not help.
+	ErrCloseRejected = errors.New("callback: the app rejected the close event")
+	// ErrCloseDropped: the app kept failing (5xx, 429, unreachable) for
+	// CloseRetryFor.
+	ErrCloseDropped = errors.New("callback: close event dropped: the app kept failing")
+)
+
+// DeliverClose posts the close event ev of a connection that lives on no
+// node any more, as its own node would have: to rec.Path with rec.Headers,
+// signed, retried like any close event, with rec's state, channels and
+// claims as the "connection", and the event id of LostCloseN. ev.Type may
+// be left empty; ev.By is what the caller says (node_lost).
+//
+// It returns once the app took the event (2xx or 410), or with an error:
+// ErrCloseRejected or ErrCloseDropped when it was dropped; ctx's error when
+// ctx ended first, or ErrShutdown when Wait gave up on shutdown — then the
+// event was not dropped but abandoned, and is not counted: the caller
+// still holds the record and may post it again. Concurrency is the
+// caller's to bound (the global cap on requests in flight applies too).
+func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Event) error {
+	if ev.Type == "" {
+		ev.Type = EventClose
+	}
+	if ev.Type != EventClose {
+		return fmt.Errorf("callback: DeliverClose posts close events, not %q", ev.Type)
+	}
+	if rec.ID == "" || rec.Path == "" {
+		return fmt.Errorf("callback: connection record without id or path (id %q)", rec.ID)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := &dropWatch{}
+	oc := c.orphanClient(w)
+	info := ConnInfo{ID: rec.ID, State: rec.State, Channels: rec.Channels, Claims: rec.Claims}
+	s := oc.NewStream(lostTarget{info}, rec.ID, rec.Path, rec.Headers)
+	s.mu.Lock()
+	s.seq = LostCloseN - 1 // End numbers the close event seq+1
+	s.mu.Unlock()
+	s.End(&ev)
+
+	select {
+	case <-s.Done():
+	case <-ctx.Done():
+		oc.abandon(w)
+		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ctx.Err())
+	case <-c.abort:
+		oc.abandon(w)
+		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ErrShutdown)
+	}
+	switch dropped, reason := w.result(); {
+	case !dropped:
+		return nil
+	case reason == dropRejected:
+		return fmt.Errorf("%w (connection %s)", ErrCloseRejected, rec.ID)
+	default:
+		return fmt.Errorf("%w (connection %s, %s)", ErrCloseDropped, rec.ID, dropNames[reason])
+	}
+}
+
+// ErrShutdown: Wait gave up on shutdown before the close event was
+// delivered.
+var ErrShutdown = errors.New("callback: shutting down")
+
+// lostTarget is a connection that is gone: its reply has no socket to act
+// on.
+type lostTarget struct{ info ConnInfo }
+
+func (t lostTarget) Info() ConnInfo { return t.info }
+func (lostTarget) Apply(*Reply)     {}
+func (lostTarget) Fail(bool)        {}
+
+// orphanClient is a view of c for one lost connection's stream: the same
+// pool, cap, signer, settings and metrics, but its own abort (so that the
+// caller's ctx can end this stream alone) and its own drop counters (so
+// that what became of this one event is known). Its streams are not
+// counted by c.Wait: shutdown does not wait for another node's close
+// events, whose records stay in Redis for a survivor.
+func (c *Client) orphanClient(w *dropWatch) *Client {
+	m := *c.m
+	for r := range numDropReasons {
+		m.dropped[r] = watchedCounter{Counter: c.m.dropped[r], w: w, reason: r}
+	}
+	m.closeDropped = watchedCounter{Counter: c.m.closeDropped, w: w, reason: -1}
+	return &Client{
+		cfg:           c.cfg,
+		log:           c.log,
+		hc:            c.hc,
+		signer:        c.signer,
+		m:             &m,
+		host:          c.host,
+		slots:         c.slots,
+		backoffBase:   c.backoffBase,
+		backoffCap:    c.backoffCap,
+		retryAfterCap: c.retryAfterCap,
+		abort:         make(chan struct{}),
+	}
+}
+
+// abandon stops the stream: what it drops from now on is not counted.
+func (c *Client) abandon(w *dropWatch) {
+	w.mu.Lock()
+	w.abandoned = true
+	w.mu.Unlock()
+	c.abortOnce.Do(func() { close(c.abort) })
+}
+
+// dropWatch learns whether, and why, a stream dropped its events.
+type dropWatch struct {
+	mu        sync.Mutex
+	abandoned bool
+	dropped   bool
+	reason    dropReason
+}
+
+func (w *dropWatch) note(reason dropReason) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.abandoned {
+		return false
+	}
+	w.dropped = true
+	if reason >= 0 {
+		w.reason = reason
+	}
+	return true
+}
+
+func (w *dropWatch) result() (bool, dropReason) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dropped, w.reason
+}
+
+// watchedCounter counts into the client's counter, and tells w.
+type watchedCounter struct {
+	prometheus.Counter
+	w      *dropWatch
+	reason dropReason // -1: the close-dropped counter
+}
+
+func (c watchedCounter) Inc() { c.Add(1) }
+
+func (c watchedCounter) Add(v float64) {
+	if v > 0 && c.w.note(c.reason) {
+		c.Counter.Add(v)
+	}
+}
