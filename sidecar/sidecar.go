@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -34,16 +35,21 @@ var Version = "dev"
 
 // Sidecar is one running Cablecar node.
 type Sidecar struct {
-	cfg     *config.Config
-	log     zerolog.Logger
-	proxy   *proxy.Proxy
-	ws      *upgrade.Server
-	cb      *callback.Client
-	broker  pubsub.Broker
-	front   *fasthttp.Server
-	frontLn net.Listener
-	admin   *admin.Server
-	adminLn net.Listener // nil when admin.listen is ""
+	cfg    *config.Config
+	log    zerolog.Logger
+	proxy  *proxy.Proxy
+	ws     *upgrade.Server
+	cb     *callback.Client
+	broker pubsub.Broker
+	// registry is the record of this node's connections in Redis; nil
+	// with the in-memory broker.
+	registry   *pubsub.Registry
+	stopReaper context.CancelFunc
+	reaperDone chan struct{}
+	front      *fasthttp.Server
+	frontLn    net.Listener
+	admin      *admin.Server
+	adminLn    net.Listener // nil when admin.listen is ""
 }
 
 // NewLogger builds the one logger every part gets. Format "auto" is console
@@ -70,32 +76,52 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		ConstLabels: prometheus.Labels{"version": Version},
 	}, func() float64 { return 1 }))
 
-	if cfg.Broker.URL != "" {
-		return nil, errors.New("broker.url is set, but this build has only the in-memory broker: Redis support is not built yet; unset broker.url to run one node")
-	}
 	origins, err := auth.NewOriginPolicy(cfg.WebSocket.AllowedOrigins)
 	if err != nil {
 		return nil, fmt.Errorf("websocket.allowed_origins: %w", err)
 	}
 
+	node := pubsub.NewNodeID()
 	pcfg := proxyConfig(cfg)
 	p := proxy.New(pcfg, log, reg)
-	broker := pubsub.Metered(pubsub.NewMemory(), reg)
 	cb := callback.New(callbackConfig(cfg), log, reg)
-	ws := upgrade.New(upgradeConfig(cfg, origins), log, reg, cb, broker, p.PrepareHeaders)
+	ucfg := upgradeConfig(cfg, origins)
+	ucfg.Node = node
+
+	var (
+		inner    pubsub.Broker = pubsub.NewMemory()
+		registry *pubsub.Registry
+	)
+	if cfg.Broker.URL != "" {
+		rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node}, log, reg)
+		if err != nil {
+			return nil, err
+		}
+		inner = rb
+		registry = pubsub.NewRegistry(rb.Client(), pubsub.RegistryConfig{
+			Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL,
+		}, log, reg)
+		ucfg.Tracker = registry
+	}
+	broker := pubsub.Metered(inner, reg)
+	ws := upgrade.New(ucfg, log, reg, cb, broker, p.PrepareHeaders)
 	if err := broker.Start(context.Background(), ws.Hub()); err != nil {
 		return nil, fmt.Errorf("starting the broker: %w", err)
 	}
+	if registry != nil {
+		registry.OnLapse(ws.Hub().Fence)
+	}
 	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
-		cfg:    cfg,
-		log:    log,
-		proxy:  p,
-		ws:     ws,
-		cb:     cb,
-		broker: broker,
-		front:  proxy.NewServer(pcfg, p.ServeHTTP, log),
-		admin:  admin.New(log, reg),
+		cfg:      cfg,
+		log:      log.With().Str("node", node).Logger(),
+		proxy:    p,
+		ws:       ws,
+		cb:       cb,
+		broker:   broker,
+		registry: registry,
+		front:    proxy.NewServer(pcfg, p.ServeHTTP, log),
+		admin:    admin.New(log, reg),
 	}
 	s.admin.AddCheck("app", p.Ping)
 	s.admin.AddCheck("broker", broker.Ready)
@@ -129,6 +155,36 @@ func proxyConfig(cfg *config.Config) proxy.Config {
 	}
 }
 
+// reapLost posts the close events of a lost node's connections
+// (by: node_lost), a few at a time so that a node of 100k connections does
+// not stampede the app. It fails only when ctx ends first, so that the
+// registry keeps the record and tries again later; a close event the
+// callback client finally drops is counted and logged there.
+func (s *Sidecar) reapLost(ctx context.Context, node string, recs []pubsub.ConnRecord) error {
+	s.log.Warn().Str("lost_node", node).Int("connections", len(recs)).Msg("a node's lease lapsed: sending the close events of its connections")
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for _, rec := range recs {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ev := callback.Event{Type: callback.EventClose, Code: 1006, Reason: "node lost", By: "node_lost"}
+			if err := s.cb.DeliverClose(ctx, rec, ev); err != nil {
+				s.log.Debug().Err(err).Str("conn_id", rec.ID).Msg("close event of a lost connection not delivered")
+			}
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
 func callbackConfig(cfg *config.Config) callback.Config {
 	return callback.Config{
 		Network:        cfg.Upstream.Network,
@@ -160,8 +216,8 @@ func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Confi
 // silently does nothing is worse than a loud one.
 func warnInactive(cfg *config.Config, log zerolog.Logger) {
 	def := config.Default()
-	if cfg.Broker.Prefix != def.Broker.Prefix || cfg.Broker.LeaseTTL != def.Broker.LeaseTTL {
-		log.Warn().Str("section", "broker").Msg("broker.prefix and broker.lease_ttl apply to Redis only, which this build does not have yet")
+	if cfg.Broker.URL == "" && (cfg.Broker.Prefix != def.Broker.Prefix || cfg.Broker.LeaseTTL != def.Broker.LeaseTTL) {
+		log.Warn().Str("section", "broker").Msg("broker.prefix and broker.lease_ttl apply to Redis only, and broker.url is empty")
 	}
 	if !reflect.DeepEqual(cfg.Auth, def.Auth) {
 		log.Warn().Str("section", "auth").Msg("configured, but not active in this build: JWT verification is not built yet")
@@ -187,6 +243,14 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		ev = ev.Str("admin", s.adminLn.Addr().String())
 	}
 	ev.Msg("cablecar ready")
+	if s.registry != nil {
+		rctx, stop := context.WithCancel(context.Background())
+		s.stopReaper, s.reaperDone = stop, make(chan struct{})
+		go func() {
+			defer close(s.reaperDone)
+			s.registry.Run(rctx, s.reapLost)
+		}()
+	}
 
 	select {
 	case err := <-errc:
@@ -215,6 +279,14 @@ func (s *Sidecar) shutdown() error {
 		}
 		if err := s.cb.Wait(ctx); err != nil {
 			s.log.Error().Msg("shutdown_timeout reached before every close event was delivered; the rest are dropped (see cablecar_close_events_dropped_total)")
+		}
+		if s.registry != nil {
+			// Our own close events are out: no other node need send them.
+			if err := s.registry.Leave(ctx); err != nil {
+				s.log.Warn().Err(err).Msg("removing this node's record from Redis; other nodes will clean it up")
+			}
+			s.stopReaper()
+			<-s.reaperDone
 		}
 	}()
 

@@ -32,6 +32,7 @@ const (
 	ByExpired   = "expired"
 	ByUpstream  = "upstream"
 	ByShutdown  = "shutdown"
+	ByNodeLost  = "node_lost"
 	ByError     = "error"
 )
 
@@ -100,6 +101,7 @@ type Conn struct {
 	end      *closing // set once
 	endSent  bool     // the writer has taken end
 	torn     bool     // teardown has begun: no more writers, joins or closes of the socket
+	fenced   bool     // given up by a lapsed lease: its close event is another node's to send
 	writers  sync.WaitGroup
 	state    string
 	channels []string
@@ -379,6 +381,23 @@ func (c *Conn) run(ws *websocket.Conn) {
 	// The stream exists before the writer can run: Apply is only ever
 	// called through it, and teardown needs it.
 	c.stream = c.hub.cb.NewStream(c, c.id, c.eventsPath, c.eventHeaders)
+	if t := cfg.Tracker; t != nil && c.events.has(eventClose) {
+		c.mu.Lock()
+		t.Track(pubsub.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
+			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
+		c.mu.Unlock()
+		// The record is in Redis before the app hears of the connection,
+		// so that a close the app will wait for cannot be lost with this
+		// node. It shares the tracker's next batched write; it waits no
+		// longer than the time after which a broken Redis is reported.
+		if w, ok := t.(interface{ Written(context.Context) error }); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
+			if err := w.Written(ctx); err != nil {
+				c.log.Warn().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
+			}
+			cancel()
+		}
+	}
 	c.mu.Lock()
 	c.raw = ws.NetConn()
 	if u, ok := c.raw.(interface{ UnsafeConn() net.Conn }); ok {
@@ -500,10 +519,33 @@ func (c *Conn) teardown() {
 		code = closeNoFrame
 	}
 	c.log.Info().Int("code", code).Str("by", end.by).Msg("websocket closed")
-	if c.events.has(eventClose) {
+	c.mu.Lock()
+	fenced := c.fenced
+	c.mu.Unlock()
+	if fenced {
+		// Another node sent (or will send) this connection's close event,
+		// with by: node_lost; a second one would count it closed twice.
+		c.stream.End(nil)
+	} else if c.events.has(eventClose) {
 		c.stream.Push(callback.Event{Type: callback.EventClose, Code: code, Reason: end.reason, By: end.by})
+		if t := c.hub.cfg.Tracker; t != nil {
+			// The record goes once the close event is delivered: should this
+			// node die before that, another one posts it.
+			go func() {
+				<-c.stream.Done()
+				t.Untrack(c.id)
+			}()
+		}
 	} else {
 		c.stream.End(nil)
+	}
+}
+
+// trackedLocked tells the tracker of a change of state or channels; the caller
+// holds c.mu.
+func (c *Conn) trackedLocked() {
+	if t := c.hub.cfg.Tracker; t != nil && c.events.has(eventClose) && c.ws.Load() != nil && !c.torn {
+		t.Update(c.id, c.state, slices.Clone(c.channels))
 	}
 }
 
@@ -537,6 +579,7 @@ func (c *Conn) Apply(r *callback.Reply) {
 	if r.State != nil {
 		c.mu.Lock()
 		c.state = *r.State
+		c.trackedLocked()
 		c.mu.Unlock()
 	}
 	for _, ch := range r.Unsubscribe {
@@ -596,6 +639,7 @@ func (c *Conn) subscribe(ch string) error {
 	c.mu.Lock()
 	if !c.torn {
 		c.channels = append(c.channels, ch)
+		c.trackedLocked()
 		c.mu.Unlock()
 		return nil
 	}
@@ -613,6 +657,7 @@ func (c *Conn) unsubscribe(ch string) {
 		return
 	}
 	c.channels = slices.Delete(c.channels, i, i+1)
+	c.trackedLocked()
 	c.mu.Unlock()
 	c.hub.leave(c, ch)
 }

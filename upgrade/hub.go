@@ -2,8 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"hash/maphash"
 	"sync"
@@ -59,10 +57,13 @@ func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *H
 		log:      log,
 		broker:   broker,
 		metrics:  m,
-		node:     newNodeID(),
+		node:     cfg.Node,
 		seed:     maphash.MakeSeed(),
 		channels: map[string]map[*Conn]struct{}{},
 		stop:     make(chan struct{}),
+	}
+	if h.node == "" {
+		h.node = pubsub.NewNodeID()
 	}
 	for i := range h.shards {
 		h.shards[i].conns = map[string]*Conn{}
@@ -70,26 +71,8 @@ func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *H
 	return h
 }
 
-// newNodeID is 6 random bytes as 8 characters of base64url: distinct for every process, so
-// connection ids are unique across nodes and restarts without coordination.
-func newNodeID() string {
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("cablecar: no randomness: " + err.Error())
-	}
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// newID returns "c_" + the node's 8 characters + 16 random characters
-// (96 bits): opaque to the app, unguessable, and the node that holds a
-// connection can be read off its id by brokers that route commands.
-func (h *Hub) newID() string {
-	var b [12]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("cablecar: no randomness: " + err.Error())
-	}
-	return "c_" + h.node + base64.RawURLEncoding.EncodeToString(b[:])
-}
+// newID returns a connection id unique across nodes and restarts.
+func (h *Hub) newID() string { return pubsub.NewConnectionID(h.node) }
 
 func (h *Hub) shard(id string) *shard {
 	return &h.shards[maphash.String(h.seed, id)%shardCount]
@@ -228,6 +211,21 @@ func (h *Hub) Execute(cmd pubsub.Command) bool {
 }
 
 var _ pubsub.Sink = (*Hub)(nil)
+
+// Fence closes the given connections with 1012 after this node's lease
+// lapsed: other nodes may have told the app they are gone (node_lost), so
+// they are not kept open, and send no close event of their own. Their
+// clients reconnect, to this node or another.
+func (h *Hub) Fence(ids []string) {
+	for _, id := range ids {
+		if c := h.get(id); c != nil {
+			c.mu.Lock()
+			c.fenced = true
+			c.mu.Unlock()
+			c.closeWith(websocket.CloseServiceRestart, "lost contact with the cluster", ByNodeLost)
+		}
+	}
+}
 
 // start runs the heartbeat until stop.
 func (h *Hub) start() {

@@ -3,6 +3,7 @@ package upgrade
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"runtime"
 	"strings"
@@ -293,5 +294,37 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			ws.Close()
 		}
 		waitFor(b, "every connection closed", func() bool { return n.server.Hub().Count() == 0 })
+	}
+}
+
+// A fenced connection (its node's lease lapsed) is closed with 1012 and
+// sends no close event: another node has sent its node_lost close.
+func TestFenceClosesWithoutCloseEvent(t *testing.T) {
+	app := startFakeApp(t)
+	n := startNode(t, app, Config{})
+	ws, _ := dial(t, n.url+"/chat")
+	id := onlyConn(t, n)
+	app.waitEvent(t, id, func(e map[string]any) bool { return e["type"] == "open" })
+
+	n.server.Hub().Fence([]string{id})
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err := ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseServiceRestart {
+		t.Fatalf("client got %v, want close 1012", err)
+	}
+	ws.Close()
+	waitFor(t, "the connection to be gone", func() bool { return n.server.Hub().Count() == 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.cb.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	for _, e := range app.evs[id] {
+		if e["type"] == "close" {
+			t.Fatalf("a fenced connection sent a close event: %v", e)
+		}
 	}
 }

@@ -37,6 +37,10 @@ type Config struct {
 	RateBurst      int
 	Origins        *auth.OriginPolicy
 	ForwardHeaders []string // handshake headers copied onto event requests
+	Node           string   // this node's id, in every connection id; "" = a new one
+	// Tracker, when set, keeps a record of the live connections where
+	// other nodes can post their close events should this one die.
+	Tracker pubsub.Tracker
 
 	// Zero means the default noted.
 	WriteTimeout     time.Duration // one batch of writes to a client: 10s
