@@ -90,13 +90,28 @@ func maskURLPassword(s string) string {
 	if !ok {
 		return s
 	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if user, _, hasPass := strings.Cut(rest[:at], ":"); hasPass {
+			rest = user + ":" + mask + rest[at:]
+		}
+	}
+	return scheme + "://" + maskQueryPasswords(rest)
+}
+
+// maskQueryPasswords hides the values of query parameters that carry
+// passwords (go-redis's sentinel URLs take the primary's as password= and
+// the sentinels' as sentinel_password=).
+func maskQueryPasswords(s string) string {
+	base, query, ok := strings.Cut(s, "?")
+	if !ok {
 		return s
 	}
-	user, _, hasPass := strings.Cut(rest[:at], ":")
-	if !hasPass {
-		return s
+	parts := strings.Split(query, "&")
+	for i, p := range parts {
+		k, _, hasValue := strings.Cut(p, "=")
+		if hasValue && strings.Contains(strings.ToLower(k), "password") {
+			parts[i] = k + "=" + mask
+		}
 	}
-	return scheme + "://" + user + ":" + mask + rest[at:]
+	return base + "?" + strings.Join(parts, "&")
 }

@@ -185,6 +185,8 @@ func TestMaskURLPassword(t *testing.T) {
 		"redis://user@redis:6379":             "redis://user@redis:6379",
 		"redis://user:p@ss/w@redis:6379":      "redis://user:********@redis:6379",
 		"redis+sentinel://:pw@s1,s2/mymaster": "redis+sentinel://:********@s1,s2/mymaster",
+		"redis+sentinel://s1:26379?master_name=m&password=pw&sentinel_password=spw&addr=s2:26379": "redis+sentinel://s1:26379?master_name=m&password=********&sentinel_password=********&addr=s2:26379",
+		"redis+sentinel://u:x@s1?Password=pw":                                                     "redis+sentinel://u:********@s1?Password=********",
 	}
 	for in, want := range tests {
 		if got := maskURLPassword(in); got != want {
