@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack puma
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-go fmt vet clean
+.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-go fmt vet clean
 
 all: build
 
@@ -52,6 +52,12 @@ bench-proxy: deps-bench
 # idle connection, fan-out latency of one broadcast to every connection.
 bench-ws: deps
 	$(GO) test -run - -bench WSConnections -benchtime 1x -timeout 10m ./e2e/
+
+# Broadcasts through Redis: two nodes, one redis-server, the app's raw PUBLISH
+# fanned out to 10,000 clients, and the highest publish rate that keeps p99
+# under 100 ms (see docs/performance.md).
+bench-redis: deps
+	$(GO) test -run - -bench Redis -benchtime 1x -timeout 15m ./e2e/
 
 # In-process Go benchmarks (pass-through, event bodies, broker, replies).
 bench-go:
