@@ -194,6 +194,8 @@ type JWT struct {
 	Audience string `key:"audience" default:""`
 	// QueryParam is the query parameter a token may come in.
 	QueryParam string `key:"query_param" default:"token" check:"nonempty"`
+	// Leeway is the clock skew allowed when checking exp and nbf.
+	Leeway time.Duration `key:"leeway" default:"30s"`
 }
 
 // Log is where and how much Cablecar logs.

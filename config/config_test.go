@@ -59,7 +59,7 @@ func TestDefault(t *testing.T) {
 		{"callback.retries", c.Callback.Retries, 3},
 		{"callback.secret", c.Callback.Secret, []string(nil)},
 		{"callback.forward_headers", c.Callback.ForwardHeaders, []string{"Cookie", "Authorization"}},
-		{"auth.jwt", c.Auth.JWT, JWT{QueryParam: "token"}},
+		{"auth.jwt", c.Auth.JWT, JWT{QueryParam: "token", Leeway: 30 * time.Second}},
 		{"log", c.Log, Log{Level: "info", Format: "auto"}},
 	}
 	for _, ck := range checks {

@@ -44,6 +44,7 @@ type Sidecar struct {
 	// registry is the record of this node's connections in Redis; nil
 	// with the in-memory broker.
 	registry   *pubsub.Registry
+	jwt        *auth.Verifier // nil without auth.jwt keys
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
 	front      *fasthttp.Server
@@ -81,12 +82,18 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		return nil, fmt.Errorf("websocket.allowed_origins: %w", err)
 	}
 
+	jwt, err := auth.NewVerifier(jwtConfig(cfg), log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("auth.jwt: %w", err)
+	}
+
 	node := pubsub.NewNodeID()
 	pcfg := proxyConfig(cfg)
 	p := proxy.New(pcfg, log, reg)
 	cb := callback.New(callbackConfig(cfg), log, reg)
 	ucfg := upgradeConfig(cfg, origins)
 	ucfg.Node = node
+	ucfg.JWT = jwt
 
 	var (
 		inner    pubsub.Broker = pubsub.NewMemory()
@@ -125,6 +132,10 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	}
 	s.admin.AddCheck("app", p.Ping)
 	s.admin.AddCheck("broker", broker.Ready)
+	if jwt != nil && cfg.Auth.JWT.JWKSURL != "" {
+		s.admin.AddCheck("jwks", jwt.Ready)
+	}
+	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -197,6 +208,19 @@ func callbackConfig(cfg *config.Config) callback.Config {
 	}
 }
 
+func jwtConfig(cfg *config.Config) auth.JWTConfig {
+	j := cfg.Auth.JWT
+	return auth.JWTConfig{
+		Required:    j.Required,
+		HMACSecrets: j.HMACSecret,
+		JWKSURL:     j.JWKSURL,
+		Issuer:      j.Issuer,
+		Audience:    j.Audience,
+		QueryParam:  j.QueryParam,
+		Leeway:      j.Leeway,
+	}
+}
+
 func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Config {
 	ws := cfg.WebSocket
 	return upgrade.Config{
@@ -219,8 +243,8 @@ func warnInactive(cfg *config.Config, log zerolog.Logger) {
 	if cfg.Broker.URL == "" && (cfg.Broker.Prefix != def.Broker.Prefix || cfg.Broker.LeaseTTL != def.Broker.LeaseTTL) {
 		log.Warn().Str("section", "broker").Msg("broker.prefix and broker.lease_ttl apply to Redis only, and broker.url is empty")
 	}
-	if !reflect.DeepEqual(cfg.Auth, def.Auth) {
-		log.Warn().Str("section", "auth").Msg("configured, but not active in this build: JWT verification is not built yet")
+	if j := cfg.Auth.JWT; len(j.HMACSecret) == 0 && j.JWKSURL == "" && !reflect.DeepEqual(j, def.Auth.JWT) {
+		log.Warn().Str("section", "auth.jwt").Msg("auth.jwt is configured but has neither hmac_secret nor jwks_url: tokens are not checked")
 	}
 }
 
@@ -299,6 +323,9 @@ func (s *Sidecar) shutdown() error {
 	}
 	<-wsDone
 	s.proxy.Close()
+	if s.jwt != nil {
+		s.jwt.Close()
+	}
 	if err := s.broker.Close(); err != nil {
 		s.log.Warn().Err(err).Msg("closing the broker")
 	}

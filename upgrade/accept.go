@@ -7,8 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/proxy"
 	"github.com/cablecar/cablecar/pubsub"
@@ -51,6 +53,10 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			"403 Forbidden: this origin may not open WebSockets here (websocket.allowed_origins)", log)
 		return
 	}
+	claims, ok := s.authenticate(ctx, log)
+	if !ok {
+		return
+	}
 	if s.hub.isClosing() {
 		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "shutting_down",
 			"503 Service Unavailable: this server is shutting down; reconnect", log)
@@ -66,13 +72,25 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	log = log.Str("conn_id", id).Str("request_id", requestID)
 	h := &req.Header
 	h.SetMethod(fasthttp.MethodGet)
-	h.SetRequestURIBytes(ctx.Request.Header.RequestURI())
+	requestURI := s.appURI(ctx)
+	h.SetRequestURI(requestURI)
 	req.UseHostHeader = true
 	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Content-Length"} {
 		h.Del(name)
 	}
+	if s.cfg.JWT != nil {
+		// A token offered as a subprotocol is Cablecar's, not the app's.
+		protocols := strings.Join(headerValues(&ctx.Request.Header, "Sec-WebSocket-Protocol"), ", ")
+		h.Del("Sec-WebSocket-Protocol")
+		if rest := auth.StripBearerProtocol(protocols); rest != "" {
+			h.Set("Sec-WebSocket-Protocol", rest)
+		}
+	}
 	h.Set("Cablecar-Upgrade", "websocket")
 	h.Set("Cablecar-Connection-Id", id)
+	if claims.JSON != nil {
+		h.SetBytesV("Cablecar-Claims", claims.JSON)
+	}
 
 	start := time.Now()
 	if err := s.cb.Accept(req, resp); err != nil {
@@ -119,9 +137,13 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		eventHeaders: s.eventHeaders(h),
 		state:        acc.state,
 		createdAt:    time.Now().UnixNano(),
+		claims:       claims.JSON,
+	}
+	if !claims.Expires.IsZero() {
+		c.expires = claims.Expires.UnixNano()
 	}
 	if c.eventsPath == "" {
-		c.eventsPath = string(ctx.Request.Header.RequestURI())
+		c.eventsPath = requestURI
 	}
 	if body := resp.Body(); len(body) > 0 {
 		c.queue = append(c.queue, outgoing{data: bytes.Clone(body), size: len(body)})
@@ -243,7 +265,8 @@ func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader)
 		offered := false
 		for _, v := range req.PeekAll("Sec-WebSocket-Protocol") {
 			for _, o := range splitList(string(v)) {
-				if o == p {
+				// A bearer.<token> entry carries a token, never a protocol.
+				if o == p && !strings.HasPrefix(o, "bearer.") {
 					offered = true
 				}
 			}
@@ -254,6 +277,68 @@ func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader)
 		acc.protocol = p
 	}
 	return acc, nil
+}
+
+// authenticate verifies the handshake's token, when JWT is configured:
+// a missing token passes without claims unless one is required, an invalid
+// one never passes (SPEC §6). Refusals are answered here, without asking
+// the app.
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx, log *zerolog.Event) (auth.Claims, bool) {
+	v := s.cfg.JWT
+	if v == nil {
+		return auth.Claims{}, true
+	}
+	h := &ctx.Request.Header
+	tok, found := auth.ExtractToken(string(h.Peek("Authorization")), string(ctx.URI().QueryString()),
+		v.QueryParam(), headerValues(h, "Sec-WebSocket-Protocol"))
+	if !found {
+		if v.Required() {
+			s.unauthorized(ctx, "token required", log)
+			return auth.Claims{}, false
+		}
+		return auth.Claims{}, true
+	}
+	claims, err := v.Verify(tok.Raw)
+	if err != nil {
+		reason := "invalid token"
+		var ve *auth.VerifyError
+		if errors.As(err, &ve) {
+			reason = ve.Reason
+		}
+		s.unauthorized(ctx, reason, log.Str("token_source", tok.Source.String()))
+		return auth.Claims{}, false
+	}
+	return claims, true
+}
+
+func (s *Server) unauthorized(ctx *fasthttp.RequestCtx, reason string, log *zerolog.Event) {
+	ctx.Response.Header.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+reason+`"`)
+	s.refuse(ctx, fasthttp.StatusUnauthorized, "jwt", "401 Unauthorized: "+reason, log.Str("jwt", reason))
+}
+
+// appURI is the handshake's path and query as the app sees it: without
+// the token's query parameter, when JWT is configured.
+func (s *Server) appURI(ctx *fasthttp.RequestCtx) string {
+	uri := string(ctx.Request.Header.RequestURI())
+	if s.cfg.JWT == nil {
+		return uri
+	}
+	path, query, ok := strings.Cut(uri, "?")
+	if !ok {
+		return uri
+	}
+	if query = auth.StripQueryParam(query, s.cfg.JWT.QueryParam()); query == "" {
+		return path
+	}
+	return path + "?" + query
+}
+
+func headerValues(h *fasthttp.RequestHeader, name string) []string {
+	var out []string
+	for _, v := range h.PeekAll(name) {
+		out = append(out, string(v))
+	}
+	return out
 }
 
 func splitList(v string) []string {

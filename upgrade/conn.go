@@ -111,6 +111,7 @@ type Conn struct {
 	paused    atomic.Bool  // the read loop waits on the app: silence is ours, not the client's
 	nextPing  int64        // heartbeat goroutine only; 0 = not yet scheduled
 	createdAt int64
+	expires   int64 // unix nanos when the handshake's token expires; 0 = never
 
 	// The read loop's own.
 	tokens   float64
@@ -306,6 +307,10 @@ func (c *Conn) heartbeat(now int64) {
 		if now > by {
 			c.cut()
 		}
+		return
+	}
+	if c.expires != 0 && now > c.expires {
+		c.closeWith(websocket.ClosePolicyViolation, "token expired", ByExpired)
 		return
 	}
 	if c.paused.Load() {
