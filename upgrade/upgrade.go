@@ -38,7 +38,7 @@ type Config struct {
 	Origins        *auth.OriginPolicy
 	// JWT, when set, verifies a token at the handshake before the app is
 	// asked (SPEC §6); nil means no JWT checks.
-	JWT *auth.Verifier
+	JWT            *auth.Verifier
 	ForwardHeaders []string // handshake headers copied onto event requests
 	Node           string   // this node's id, in every connection id; "" = a new one
 	// Tracker, when set, keeps a record of the live connections where
