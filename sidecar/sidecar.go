@@ -94,6 +94,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	ucfg := upgradeConfig(cfg, origins)
 	ucfg.Node = node
 	ucfg.JWT = jwt
+	ucfg.JWTLeeway = cfg.Auth.JWT.Leeway
 
 	var (
 		inner    pubsub.Broker = pubsub.NewMemory()

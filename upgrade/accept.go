@@ -140,7 +140,10 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		claims:       claims.JSON,
 	}
 	if !claims.Expires.IsZero() {
-		c.expires = claims.Expires.UnixNano()
+		// The leeway that let the token in at the handshake holds after it
+		// too: accepting a token only to close it on the next tick helps
+		// no one.
+		c.expires = claims.Expires.Add(s.cfg.JWTLeeway).UnixNano()
 	}
 	if c.eventsPath == "" {
 		c.eventsPath = requestURI

@@ -39,8 +39,9 @@ type Config struct {
 	// JWT, when set, verifies a token at the handshake before the app is
 	// asked (SPEC §6); nil means no JWT checks.
 	JWT            *auth.Verifier
-	ForwardHeaders []string // handshake headers copied onto event requests
-	Node           string   // this node's id, in every connection id; "" = a new one
+	JWTLeeway      time.Duration // clock skew allowed on exp, after the handshake too
+	ForwardHeaders []string      // handshake headers copied onto event requests
+	Node           string        // this node's id, in every connection id; "" = a new one
 	// Tracker, when set, keeps a record of the live connections where
 	// other nodes can post their close events should this one die.
 	Tracker pubsub.Tracker
