@@ -398,7 +398,8 @@ func (c *Conn) run(ws *websocket.Conn) {
 		if w, ok := t.(interface{ Written(context.Context) error }); ok {
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
 			if err := w.Written(ctx); err != nil {
-				c.log.Warn().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
+				// Debug: while Redis is away the broker has said so once already.
+				c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
 			}
 			cancel()
 		}
