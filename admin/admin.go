@@ -64,9 +64,6 @@ func (s *Server) AddCheck(name string, c Check) {
 	s.checks = append(s.checks, namedCheck{name, c})
 }
 
-// Handle adds an endpoint. Call it before Serve.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
-
 // Drain makes /readyz answer 503 from now on, so that load balancers stop
 // sending new work while in-flight work finishes.
 func (s *Server) Drain() { s.draining.Store(true) }

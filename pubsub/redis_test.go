@@ -20,7 +20,7 @@ import (
 )
 
 // rtestServer is a real redis-server on a free loopback port, killed when
-// the test ends. restart (same port, empty) simulates a Redis restart.
+// the test ends; stop then start (same port, empty) is a Redis restart.
 type rtestServer struct {
 	t    testing.TB
 	addr string
@@ -76,8 +76,6 @@ func (s *rtestServer) stop() {
 		s.cmd = nil
 	}
 }
-
-func (s *rtestServer) restart() { s.stop(); s.start() }
 
 // startRedisCluster starts three masters and joins them into a cluster.
 func startRedisCluster(t testing.TB) []string {

@@ -96,7 +96,6 @@ type Conn struct {
 
 	mu       sync.Mutex
 	queue    []outgoing
-	queued   int // bytes in queue
 	writing  bool
 	end      *closing // set once
 	endSent  bool     // the writer has taken end
@@ -134,7 +133,6 @@ func (c *Conn) enqueue(o outgoing) {
 		return
 	}
 	c.queue = append(c.queue, o)
-	c.queued += o.size
 	c.kickLocked()
 	c.mu.Unlock()
 }
@@ -169,7 +167,6 @@ func (c *Conn) writeLoop() {
 			return
 		}
 		batch, c.queue = c.queue, batch[:0]
-		c.queued = 0
 		c.mu.Unlock()
 
 		deadline := time.Now().Add(c.hub.cfg.WriteTimeout)
@@ -216,8 +213,8 @@ func (c *Conn) write(ws *websocket.Conn, o *outgoing, deadline time.Time) error 
 			return err
 		}
 	}
-	m.messages.WithLabelValues("out").Inc()
-	m.bytes.WithLabelValues("out").Add(float64(o.size))
+	m.messagesOut.Inc()
+	m.bytesOut.Add(float64(o.size))
 	return nil
 }
 
@@ -254,7 +251,6 @@ func (c *Conn) closeWithin(code int, reason, by string, wait time.Duration) {
 	c.mu.Lock()
 	if by == BySlow {
 		c.queue = nil
-		c.queued = 0
 		// Our close frame is stuck behind the write the client is not
 		// reading; waiting long for its answer would only delay the close
 		// event.
@@ -431,8 +427,8 @@ func (c *Conn) readLoop(ws *websocket.Conn) {
 			c.readFailed(err)
 			return
 		}
-		m.messages.WithLabelValues("in").Inc()
-		m.bytes.WithLabelValues("in").Add(float64(len(data)))
+		m.messagesIn.Inc()
+		m.bytesIn.Add(float64(len(data)))
 		if c.ending() {
 			continue // waiting for the client's close frame; late data is dropped
 		}

@@ -2,7 +2,6 @@ package upgrade
 
 import (
 	"context"
-	"errors"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -265,9 +264,6 @@ func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
 	clear(batch)
 	return batch[:0]
 }
-
-// ErrShuttingDown refuses new connections once Shutdown has begun.
-var ErrShuttingDown = errors.New("shutting down")
 
 // Shutdown refuses new connections, closes every open one with 1012 so its
 // client reconnects elsewhere, and waits, until ctx ends, for every one to

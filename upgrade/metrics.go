@@ -3,11 +3,13 @@ package upgrade
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	open       prometheus.Gauge
-	upgrades   *prometheus.CounterVec // result, reason
-	messages   *prometheus.CounterVec // direction
-	bytes      *prometheus.CounterVec // direction
-	closes     *prometheus.CounterVec // by
+	open     prometheus.Gauge
+	upgrades *prometheus.CounterVec // result, reason
+	closes   *prometheus.CounterVec // by
+	// Per message: the series are resolved once, not looked up by label
+	// on every message.
+	messagesIn, messagesOut prometheus.Counter
+	bytesIn, bytesOut       prometheus.Counter
 	queueDrops prometheus.Counter
 	pings      prometheus.Counter
 }
@@ -22,14 +24,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "cablecar_upgrades_total",
 			Help: "WebSocket handshakes by result (accepted, rejected) and reason.",
 		}, []string{"result", "reason"}),
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cablecar_messages_total",
-			Help: "WebSocket messages received from clients (in) and written to them (out).",
-		}, []string{"direction"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cablecar_message_bytes_total",
-			Help: "Payload bytes of WebSocket messages received (in) and written (out).",
-		}, []string{"direction"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cablecar_closes_total",
 			Help: "WebSocket connections closed, by who or what closed them (SPEC §3 'by').",
@@ -43,12 +37,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Ping frames sent.",
 		}),
 	}
-	reg.MustRegister(m.open, m.upgrades, m.messages, m.bytes, m.closes, m.queueDrops, m.pings)
+	messages := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_messages_total",
+		Help: "WebSocket messages received from clients (in) and written to them (out).",
+	}, []string{"direction"})
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_message_bytes_total",
+		Help: "Payload bytes of WebSocket messages received (in) and written (out).",
+	}, []string{"direction"})
+	m.messagesIn, m.messagesOut = messages.WithLabelValues("in"), messages.WithLabelValues("out")
+	m.bytesIn, m.bytesOut = bytes.WithLabelValues("in"), bytes.WithLabelValues("out")
+	reg.MustRegister(m.open, m.upgrades, messages, bytes, m.closes, m.queueDrops, m.pings)
 	// Pre-create the common series so dashboards see zeros, not gaps.
-	for _, d := range []string{"in", "out"} {
-		m.messages.WithLabelValues(d)
-		m.bytes.WithLabelValues(d)
-	}
 	m.upgrades.WithLabelValues("accepted", "app")
 	return m
 }
