@@ -10,8 +10,8 @@ type metrics struct {
 	// on every message.
 	messagesIn, messagesOut prometheus.Counter
 	bytesIn, bytesOut       prometheus.Counter
-	queueDrops prometheus.Counter
-	pings      prometheus.Counter
+	queueDrops              prometheus.Counter
+	pings                   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
