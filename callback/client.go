@@ -291,15 +291,6 @@ func (c *Client) Wait(ctx context.Context) error {
 	}
 }
 
-func (c *Client) aborted() bool {
-	select {
-	case <-c.abort:
-		return true
-	default:
-		return false
-	}
-}
-
 func (c *Client) streamStarted() {
 	c.mu.Lock()
 	c.live++
@@ -316,12 +307,12 @@ func (c *Client) streamDone() {
 	c.mu.Unlock()
 }
 
-// acquire takes a slot of the global cap; false when shutdown gave up.
-func (c *Client) acquire() bool {
+// acquire takes a slot of the global cap; false when abort ended first.
+func (c *Client) acquire(abort <-chan struct{}) bool {
 	select {
 	case c.slots <- struct{}{}:
 		return true
-	case <-c.abort:
+	case <-abort:
 		return false
 	}
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cablecar/cablecar/pubsub"
 )
@@ -61,31 +58,53 @@ func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Eve
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	w := &dropWatch{}
-	oc := c.orphanClient(w)
 	info := ConnInfo{ID: rec.ID, State: rec.State, Channels: rec.Channels, Claims: rec.Claims}
-	s := oc.NewStream(lostTarget{info}, rec.ID, rec.Path, rec.Headers)
-	s.mu.Lock()
+	abort := make(chan struct{})
+	// Not counted by c.Wait: shutdown does not wait for another node's
+	// close events, whose records stay in Redis for a survivor.
+	s := &Stream{c: c, t: lostTarget{info}, id: rec.ID, path: rec.Path, headers: rec.Headers,
+		doneCh: make(chan struct{}), abort: abort}
 	s.seq = LostCloseN - 1 // End numbers the close event seq+1
-	s.mu.Unlock()
+	// The caller's ctx ending, or shutdown giving up, abandons the event:
+	// what the stream drops from then on is not counted, since the caller
+	// still holds the record.
+	go func() {
+		select {
+		case <-s.doneCh:
+			return
+		case <-ctx.Done():
+		case <-c.abort:
+		}
+		s.quiet.Store(true)
+		close(abort)
+	}()
 	s.End(&ev)
 
 	select {
 	case <-s.Done():
 	case <-ctx.Done():
-		oc.abandon(w)
-		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ctx.Err())
 	case <-c.abort:
-		oc.abandon(w)
-		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ErrShutdown)
 	}
-	switch dropped, reason := w.result(); {
-	case !dropped:
+	done := false
+	select {
+	case <-s.Done():
+		done = true
+	default:
+	}
+	lost := s.closeLost.Load()
+	switch {
+	case done && lost == 0:
 		return nil
-	case reason == dropRejected:
+	case !done || s.quiet.Load():
+		// Abandoned, not dropped.
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, err)
+		}
+		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ErrShutdown)
+	case dropReason(lost-1) == dropRejected:
 		return fmt.Errorf("%w (connection %s)", ErrCloseRejected, rec.ID)
 	default:
-		return fmt.Errorf("%w (connection %s, %s)", ErrCloseDropped, rec.ID, dropNames[reason])
+		return fmt.Errorf("%w (connection %s, %s)", ErrCloseDropped, rec.ID, dropNames[lost-1])
 	}
 }
 
@@ -100,80 +119,3 @@ type lostTarget struct{ info ConnInfo }
 func (t lostTarget) Info() ConnInfo { return t.info }
 func (lostTarget) Apply(*Reply)     {}
 func (lostTarget) Fail(bool)        {}
-
-// orphanClient is a view of c for one lost connection's stream: the same
-// pool, cap, signer, settings and metrics, but its own abort (so that the
-// caller's ctx can end this stream alone) and its own drop counters (so
-// that what became of this one event is known). Its streams are not
-// counted by c.Wait: shutdown does not wait for another node's close
-// events, whose records stay in Redis for a survivor.
-func (c *Client) orphanClient(w *dropWatch) *Client {
-	m := *c.m
-	for r := range numDropReasons {
-		m.dropped[r] = watchedCounter{Counter: c.m.dropped[r], w: w, reason: r}
-	}
-	m.closeDropped = watchedCounter{Counter: c.m.closeDropped, w: w, reason: -1}
-	return &Client{
-		cfg:           c.cfg,
-		log:           c.log,
-		hc:            c.hc,
-		signer:        c.signer,
-		m:             &m,
-		host:          c.host,
-		slots:         c.slots,
-		backoffBase:   c.backoffBase,
-		backoffCap:    c.backoffCap,
-		retryAfterCap: c.retryAfterCap,
-		abort:         make(chan struct{}),
-	}
-}
-
-// abandon stops the stream: what it drops from now on is not counted.
-func (c *Client) abandon(w *dropWatch) {
-	w.mu.Lock()
-	w.abandoned = true
-	w.mu.Unlock()
-	c.abortOnce.Do(func() { close(c.abort) })
-}
-
-// dropWatch learns whether, and why, a stream dropped its events.
-type dropWatch struct {
-	mu        sync.Mutex
-	abandoned bool
-	dropped   bool
-	reason    dropReason
-}
-
-func (w *dropWatch) note(reason dropReason) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.abandoned {
-		return false
-	}
-	w.dropped = true
-	if reason >= 0 {
-		w.reason = reason
-	}
-	return true
-}
-
-func (w *dropWatch) result() (bool, dropReason) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.dropped, w.reason
-}
-
-// watchedCounter counts into the client's counter, and tells w.
-type watchedCounter struct {
-	prometheus.Counter
-	w      *dropWatch
-	reason dropReason // -1: the close-dropped counter
-}
-
-func (c watchedCounter) Inc() { c.Add(1) }
-
-func (c watchedCounter) Add(v float64) {
-	if v > 0 && c.w.note(c.reason) {
-		c.Counter.Add(v)
-	}
-}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -102,6 +103,18 @@ type Stream struct {
 
 	// batch is reused by the delivering goroutine (one at a time).
 	batch []queued
+
+	// abort ends the stream's waits: the client's (shutdown gave up), or
+	// for a lost connection's close event, its caller's too.
+	abort <-chan struct{}
+	// counted: the client's Wait waits for this stream.
+	counted bool
+	// quiet: what is dropped from now on is not counted (its caller
+	// still holds the event, and may post it again).
+	quiet atomic.Bool
+	// closeLost is 1 + the reason the close event was dropped; 0 while it
+	// was not.
+	closeLost atomic.Int32
 }
 
 // NewStream starts the ordered event stream of one connection. path is the
@@ -110,7 +123,32 @@ type Stream struct {
 // that frame the request, which are Cablecar's to set.
 func (c *Client) NewStream(t Target, id string, path string, headers [][2]string) *Stream {
 	c.streamStarted()
-	return &Stream{c: c, t: t, id: id, path: path, headers: headers, doneCh: make(chan struct{})}
+	return &Stream{c: c, t: t, id: id, path: path, headers: headers, doneCh: make(chan struct{}),
+		abort: c.abort, counted: true}
+}
+
+func (s *Stream) aborted() bool {
+	select {
+	case <-s.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// dropped counts events that will never reach the app, and remembers why
+// the close event, if one of them, was lost.
+func (s *Stream) dropped(reason dropReason, closes, n int) {
+	if closes > 0 {
+		s.closeLost.CompareAndSwap(0, int32(reason)+1)
+	}
+	if n == 0 || s.quiet.Load() {
+		return
+	}
+	s.c.m.dropped[reason].Add(float64(n))
+	if closes > 0 {
+		s.c.m.closeDropped.Add(float64(closes))
+	}
 }
 
 // Done is closed once the stream has delivered (or finally dropped)
@@ -131,7 +169,7 @@ func (s *Stream) Push(ev Event) {
 		reason, drop := s.refuseLocked(isClose)
 		if drop {
 			s.mu.Unlock()
-			s.c.dropped(reason, isClose, 1)
+			s.dropped(reason, b2i(isClose), 1)
 			return
 		}
 		if isClose || len(s.pending) == 0 ||
@@ -145,7 +183,7 @@ func (s *Stream) Push(ev Event) {
 		s.mu.Unlock()
 		select {
 		case <-space:
-		case <-s.c.abort:
+		case <-s.abort:
 		}
 		s.mu.Lock()
 	}
@@ -164,7 +202,7 @@ func (s *Stream) refuseLocked(isClose bool) (dropReason, bool) {
 	switch {
 	case s.closing:
 		return dropClosed, true
-	case s.c.aborted():
+	case s.aborted():
 		// Shutdown gave up: nothing more will be delivered, so the
 		// stream ends here.
 		s.closing = true
@@ -192,7 +230,7 @@ func (s *Stream) End(final *Event) {
 	s.finishLocked()
 	s.mu.Unlock()
 	if drop {
-		s.c.dropped(reason, final.Type == EventClose, 1)
+		s.dropped(reason, b2i(final.Type == EventClose), 1)
 	}
 }
 
@@ -216,7 +254,9 @@ func (s *Stream) finishLocked() {
 	}
 	s.done = true
 	close(s.doneCh)
-	s.c.streamDone()
+	if s.counted {
+		s.c.streamDone()
+	}
 }
 
 // wakeLocked lets a waiting Push look again.
@@ -231,7 +271,7 @@ func (s *Stream) wakeLocked() {
 func (s *Stream) run() {
 	for {
 		s.mu.Lock()
-		if s.c.aborted() && len(s.pending) > 0 {
+		if s.aborted() && len(s.pending) > 0 {
 			s.dropPendingLocked(dropShutdown, true)
 			s.closing = true
 		}
@@ -295,8 +335,7 @@ func (s *Stream) dropPendingLocked(reason dropReason, all bool) {
 	clear(s.pending[len(kept):])
 	s.pending = kept
 	if n > 0 {
-		s.c.m.dropped[reason].Add(float64(n))
-		s.c.m.closeDropped.Add(float64(closes))
+		s.dropped(reason, closes, n)
 		s.c.log.Debug().Str("conn_id", s.id).Int("events", n).Str("reason", dropNames[reason]).
 			Msg("queued events dropped")
 	}
@@ -341,7 +380,7 @@ func (s *Stream) deliver(batch []queued) {
 
 	first := time.Now()
 	for attempt := 1; ; attempt++ {
-		if !c.acquire() {
+		if !c.acquire(s.abort) {
 			s.drop(batch, dropShutdown)
 			return
 		}
@@ -363,7 +402,7 @@ func (s *Stream) deliver(batch []queued) {
 			// The app knows the connection is gone; a close event it
 			// answers 410 is not lost.
 			if hasClose {
-				s.c.m.dropped[dropGone].Add(float64(len(batch) - 1))
+				s.dropped(dropGone, 0, len(batch)-1)
 				return
 			}
 			s.log(c.log.Info(), batch).Msg("the app answered 410: closing the connection")
@@ -414,31 +453,31 @@ func (s *Stream) deliver(batch []queued) {
 // sleep pauses for d; false when shutdown gave up meanwhile.
 func (s *Stream) sleep(d time.Duration) bool {
 	if d <= 0 {
-		return !s.c.aborted()
+		return !s.aborted()
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-s.c.abort:
+	case <-s.abort:
 		return false
 	}
 }
 
 // drop counts a batch that will never reach the app.
 func (s *Stream) drop(batch []queued, reason dropReason) {
-	s.c.dropped(reason, batch[len(batch)-1].ev.Type == EventClose, len(batch))
+	s.dropped(reason, b2i(batch[len(batch)-1].ev.Type == EventClose), len(batch))
 	if reason == dropShutdown {
 		s.log(s.c.log.Debug(), batch).Msg("shutdown: events dropped")
 	}
 }
 
-func (c *Client) dropped(reason dropReason, hasClose bool, n int) {
-	c.m.dropped[reason].Add(float64(n))
-	if hasClose {
-		c.m.closeDropped.Inc()
+func b2i(b bool) int {
+	if b {
+		return 1
 	}
+	return 0
 }
 
 // log adds what identifies a batch; never a header value nor a body.
