@@ -216,4 +216,3 @@ func TestDeliverCloseRefusesOtherEvents(t *testing.T) {
 		t.Error("a record without a path was accepted")
 	}
 }
-
