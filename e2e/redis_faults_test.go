@@ -257,6 +257,16 @@ func TestRedisOutage(t *testing.T) {
 		})
 	}
 	t.Logf("both nodes ready %s after Redis came back", time.Since(restarted).Round(time.Millisecond))
+	// The outage is on record, for the broadcasts it cost (pub/sub cannot
+	// replay them).
+	for i, c := range nodes {
+		if n := c.Metric("cablecar_broker_disconnects_total"); n < 1 {
+			t.Errorf("node %d: cablecar_broker_disconnects_total %v after an outage, want ≥ 1", i, n)
+		}
+		if d := c.Metric("cablecar_broker_outage_seconds_total"); d <= 0 {
+			t.Errorf("node %d: cablecar_broker_outage_seconds_total %v after an outage, want > 0", i, d)
+		}
+	}
 
 	// The restarted Redis knows no subscription: each node must make its
 	// own again. Publish until something arrives (what is published before
