@@ -1,0 +1,149 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "uri"
+
+module Cablecar
+  # The sidecar could not be reached, or failed (5xx): nothing was sent.
+  class Unavailable < Error; end
+
+  # Publishes through a Cablecar node's admin API (SPEC §4). In a pod the
+  # sidecar is on localhost, so this is the simplest way, and the only one
+  # that works unchanged on the in-memory broker, on Redis and on a Redis
+  # Cluster. Each thread keeps its own keep-alive connection.
+  class AdminPublisher
+    def initialize(url:, api_key: nil, timeout: 5)
+      @uri = URI(url)
+      raise ArgumentError, "admin_url #{url.inspect} is not an http:// URL" unless %w[http https].include?(@uri.scheme) && @uri.host
+
+      @api_key = api_key.to_s
+      @timeout = timeout
+      @key = :"cablecar_admin_#{object_id}"
+    end
+
+    def publish(channel, data, except: nil)
+      item = { "channel" => channel }.merge(Cablecar.frame(data))
+      item["except"] = except.to_s if except
+      post("/publish", item)
+      true
+    end
+
+    def send_to(connection_id, data)
+      post("/send", { "connection" => connection_id.to_s }.merge(Cablecar.frame(data)), missing_ok: true)
+    end
+
+    def close(connection_id, code, reason)
+      post("/close", { "connection" => connection_id.to_s, "code" => code, "reason" => reason }, missing_ok: true)
+    end
+
+    private
+
+    # true on success; false for a connection no node holds (404) when
+    # missing_ok; raises otherwise.
+    def post(path, payload, missing_ok: false)
+      req = Net::HTTP::Post.new(@uri.path.chomp("/") + path)
+      req["content-type"] = "application/json"
+      req["authorization"] = "Bearer #{@api_key}" unless @api_key.empty?
+      req.body = JSON.generate(payload)
+      res = http.request(req)
+      code = res.code.to_i
+      return true if code.between?(200, 299)
+      return false if code == 404 && missing_ok
+
+      message = begin
+        JSON.parse(res.body.to_s)["error"]
+      rescue JSON::ParserError, TypeError
+        nil
+      end || res.body.to_s[0, 200]
+      raise(code >= 500 ? Unavailable : Error, "Cablecar admin #{path}: #{code} #{message}")
+    rescue SystemCallError, IOError, Timeout::Error, OpenSSL::SSL::SSLError => e
+      Thread.current[@key] = nil
+      raise Unavailable, "Cablecar admin API at #{@uri} unreachable: #{e.class}: #{e.message}"
+    end
+
+    def http
+      conn = Thread.current[@key]
+      return conn if conn&.started?
+
+      conn = Net::HTTP.new(@uri.host, @uri.port)
+      conn.use_ssl = @uri.scheme == "https"
+      conn.open_timeout = @timeout
+      conn.read_timeout = @timeout
+      conn.write_timeout = @timeout
+      conn.start
+      Thread.current[@key] = conn
+    end
+  end
+
+  # Publishes straight to Redis, as Cablecar nodes listen for it (the
+  # names and the envelope are in docs/scaling.md, "What Cablecar keeps in
+  # Redis"). Takes any client with #publish(channel, message), such as the
+  # redis gem's. Not for a Redis Cluster, where nodes listen with
+  # SSUBSCRIBE: use the admin API there.
+  class RedisPublisher
+    CONNECTION_ID = /\Ac_([A-Za-z0-9_-]{8})[A-Za-z0-9_-]{16}\z/.freeze
+
+    def initialize(redis:, prefix: "cablecar:")
+      raise ArgumentError, "redis must respond to #publish(channel, message)" unless redis.respond_to?(:publish)
+
+      @redis = redis
+      @prefix = prefix.to_s
+    end
+
+    # Text without except goes verbatim on the channel itself, as the app's
+    # own PUBLISH would; the rest in the envelope on its companion channel.
+    def publish(channel, data, except: nil)
+      f = Cablecar.frame(data)
+      name = "#{@prefix}#{channel}"
+      if !f["binary"] && except.nil?
+        @redis.publish(name, f["data"])
+      else
+        @redis.publish("#{@prefix}~x:{#{name}}", envelope("m", f["binary"], except.to_s, data))
+      end
+      true
+    end
+
+    # true when a node took it (the node then drops it if it no longer
+    # holds the connection); false when no node listens for that id.
+    def send_to(connection_id, data)
+      node = node_of(connection_id)
+      binary = data.is_a?(String) && data.encoding == Encoding::BINARY
+      Cablecar.frame(data) # checks the text
+      @redis.publish("#{@prefix}~node:#{node}", envelope("s", binary, connection_id, data)).to_i.positive?
+    end
+
+    def close(connection_id, code, reason)
+      node = node_of(connection_id)
+      @redis.publish("#{@prefix}~node:#{node}", envelope("c", false, connection_id, reason, code: code)).to_i.positive?
+    end
+
+    private
+
+    def node_of(connection_id)
+      m = CONNECTION_ID.match(connection_id.to_s)
+      raise ArgumentError, "#{connection_id.to_s[0, 40].inspect} is not a Cablecar connection id" unless m
+
+      m[1]
+    end
+
+    # "C1", kind, flags (bit 0: binary), uvarint length + connection id,
+    # for a close the code as a uvarint, then the payload.
+    def envelope(kind, binary, id, payload, code: nil)
+      out = +"C1#{kind}".b
+      out << (binary ? 1 : 0).chr
+      out << uvarint(id.bytesize) << id.b
+      out << uvarint(code) if code
+      out << payload.b
+    end
+
+    def uvarint(n)
+      out = +"".b
+      while n >= 0x80
+        out << ((n & 0x7f) | 0x80).chr
+        n >>= 7
+      end
+      out << n.chr
+    end
+  end
+end

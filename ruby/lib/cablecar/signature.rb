@@ -1,0 +1,74 @@
+# frozen_string_literal: true
+
+require "openssl"
+
+module Cablecar
+  # The Cablecar-Signature header (SPEC §6):
+  #
+  #   t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<payload>">[,v1=…]
+  #
+  # The payload is the body of an event POST, and "GET <path and query>" for
+  # the accept GET. Cablecar adds one v1 entry per secret it holds, and the
+  # app may hold several too: any entry matching any secret passes, so a
+  # secret is rotated by giving both sides the new one first, then dropping
+  # the old one.
+  module Signature
+    HEADER = "Cablecar-Signature"
+    DEFAULT_TOLERANCE = 300 # seconds either side of now
+
+    class Invalid < StandardError; end
+
+    module_function
+
+    # Secrets from a String (comma-separated, as in CABLECAR_CALLBACK_SECRET)
+    # or an Array; blanks dropped.
+    def secrets(value)
+      list = value.is_a?(Array) ? value : value.to_s.split(",")
+      list.map { |s| s.to_s.strip }.reject(&:empty?)
+    end
+
+    def sign(secrets, payload, now: Time.now)
+      t = now.to_i.to_s
+      parts = ["t=#{t}"]
+      secrets(secrets).each { |s| parts << "v1=#{hmac(s, t, payload)}" }
+      parts.join(",")
+    end
+
+    # Raises Invalid, saying why, unless header signs payload with one of
+    # secrets within tolerance seconds of now.
+    def verify!(header, payload, secrets, tolerance: DEFAULT_TOLERANCE, now: Time.now)
+      raise Invalid, "no #{HEADER} header" if header.nil? || header.empty?
+
+      t = nil
+      sigs = []
+      header.split(",").each do |part|
+        key, value = part.strip.split("=", 2)
+        case key
+        when "t" then t = value
+        when "v1" then sigs << value if value&.match?(/\A\h{64}\z/)
+        end
+      end
+      raise Invalid, "malformed #{HEADER} header" unless t&.match?(/\A\d{1,12}\z/) && !sigs.empty?
+      raise Invalid, "stale #{HEADER}: its time is more than #{tolerance} s from ours" if (now.to_i - t.to_i).abs > tolerance
+
+      secrets(secrets).each do |secret|
+        want = hmac(secret, t, payload)
+        # Every entry is compared, whether or not one already matched, and
+        # each comparison takes the same time whatever the bytes.
+        matched = sigs.map { |got| secure_compare(want, got.downcase) }
+        return true if matched.any?
+      end
+      raise Invalid, "#{HEADER} does not match any secret"
+    end
+
+    def hmac(secret, t, payload)
+      OpenSSL::HMAC.hexdigest("SHA256", secret, "#{t}.#{payload}")
+    end
+
+    def secure_compare(a, b)
+      return false unless a.bytesize == b.bytesize
+
+      OpenSSL.fixed_length_secure_compare(a, b)
+    end
+  end
+end

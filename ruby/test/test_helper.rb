@@ -1,0 +1,48 @@
+# frozen_string_literal: true
+
+require "minitest/autorun"
+require "json"
+require "rack"
+require "rack/mock"
+require "cablecar"
+require "cablecar/testing"
+
+# Builds the requests Cablecar sends, signed as it signs them, for tests
+# that talk to the middleware directly.
+module CallbackRequests
+  SECRET = "test-secret"
+
+  def accept_env(path, secret: SECRET, signature: nil, headers: {}, id: "c_testnodeAAAAAAAAAAAAAAAA")
+    env = Rack::MockRequest.env_for(path)
+    env["REQUEST_URI"] = path
+    env["HTTP_CABLECAR_UPGRADE"] = "websocket"
+    env["HTTP_CABLECAR_CONNECTION_ID"] = id
+    env["HTTP_CABLECAR_SIGNATURE"] = signature || Cablecar::Signature.sign(secret, "GET #{path}")
+    headers.each { |k, v| env[k] = v }
+    env
+  end
+
+  def event_env(path, events, id: "c_testnodeAAAAAAAAAAAAAAAA", state: "", channels: [], claims: nil,
+                secret: SECRET, signature: nil, headers: {})
+    conn = { "id" => id, "state" => state, "channels" => channels }
+    conn["claims"] = claims if claims
+    n = 0
+    events = events.map { |ev| { "id" => "#{id}:#{n += 1}" }.merge(ev) }
+    body = JSON.generate({ "connection" => conn, "events" => events })
+    env = Rack::MockRequest.env_for(path, method: "POST", input: body)
+    env["CONTENT_TYPE"] = "application/json"
+    env["HTTP_CABLECAR_CONNECTION_ID"] = id
+    env["HTTP_CABLECAR_SIGNATURE"] = signature || Cablecar::Signature.sign(secret, body)
+    headers.each { |k, v| env[k] = v }
+    env
+  end
+
+  # [status, downcased headers, body string]
+  def call_app(app, env)
+    status, headers, body = app.call(env)
+    out = +""
+    body.each { |part| out << part }
+    body.close if body.respond_to?(:close)
+    [status.to_i, headers.transform_keys { |k| k.to_s.downcase }, out]
+  end
+end
