@@ -4,11 +4,12 @@ BIN     := bin/cablecar
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 
-# What the tests run for real: Redis, Ruby with Rack, Puma (Debian packages).
-TEST_PKGS  := redis-server ruby ruby-rack puma
+# What the tests run for real: Redis, Ruby with Rack, Puma, and Chromium for
+# the browser test of the chat example (Debian packages).
+TEST_PKGS  := redis-server ruby ruby-rack puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-go fmt vet clean
+.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-go fmt vet clean demo
 
 all: build
 
@@ -18,6 +19,10 @@ build:
 ## run: Cablecar on :3000 in front of the app on 127.0.0.1:3001 (in-memory broker).
 run: build
 	./$(BIN) -config sidecar.yaml
+
+## demo: the chat example (examples/chat) on http://localhost:3000/; Ctrl-C stops it.
+demo: build
+	bash examples/chat/demo.sh
 
 ## check: validate sidecar.yaml and print the effective configuration.
 check: build
