@@ -8,13 +8,14 @@ class ReadmeTest < Minitest::Test
   include Cablecar::Testing
 
   README = File.read(File.expand_path("../README.md", __dir__))
+  MAIN_README = File.read(File.expand_path("../../README.md", __dir__))
 
   def cablecar_secret
     "readme-secret"
   end
 
   def app
-    source = README[/```ruby\n# config\.ru\n(.*?)```/m, 1] or flunk("README has no config.ru example")
+    source = (@readme || README)[/```ruby\n# config\.ru\n(.*?)```/m, 1] or flunk("README has no config.ru example")
     saved = ENV["CABLECAR_CALLBACK_SECRET"]
     ENV["CABLECAR_CALLBACK_SECRET"] = cablecar_secret
     @app ||= Rack::Builder.new_from_string(source)
@@ -29,5 +30,24 @@ class ReadmeTest < Minitest::Test
     assert_equal ["you: hi"], alice.messages
     assert_equal ["alice: hi"], bob.messages
     assert_subscribed "lobby", bob
+  end
+
+  # The top-level README's gem example: everyone in the lobby, the sender
+  # included, gets each message.
+  def test_the_main_readme_example_runs_as_written
+    @readme = MAIN_README
+    a = connect "/"
+    b = connect "/"
+    send_message "hello", to: a
+    assert_equal ["hello"], a.messages
+    assert_equal ["hello"], b.messages
+    assert_equal "plain HTTP, as always\n", call_plain("/")
+  end
+
+  private
+
+  def call_plain(path)
+    _, _, body = app.call(Rack::MockRequest.env_for(path))
+    body.each.to_a.join
   end
 end
