@@ -26,6 +26,7 @@ module Chat
   MAX_TEXT = 2_000      # characters in one message
   MAX_NAME = 32         # characters in a room name or a nickname
   MAX_ROOMS = 1_000     # rooms remembered; the least recently used empty one goes first
+  MAX_NICKS = 50        # names listed with the online count
   ROOM = /\A[A-Za-z0-9_-]+\z/
 
   # Percent-decodes one path segment into a UTF-8 string, or nil if the
@@ -65,31 +66,35 @@ module Chat
   end
 
   # What the rooms share: the last HISTORY messages and who is online.
-  # Online is a set of connection ids rather than a counter, so an event
-  # delivered twice (Cablecar retries until the app answers) counts once.
+  # Online maps connection ids to nicknames rather than being a counter, so
+  # an event delivered twice (Cablecar retries until the app answers) counts
+  # once.
   class Rooms
     Room = Struct.new(:history, :online)
+
+    # Who is online in a room: how many connections, and some of the names.
+    Presence = Struct.new(:count, :nicks)
 
     def initialize
       @mutex = Mutex.new
       @rooms = {} # insertion order = least recently used first
     end
 
-    # Marks the connection online and returns [history, online count].
-    def join(name, id)
+    # Marks the connection online and returns [history, presence].
+    def join(name, id, nick)
       @mutex.synchronize do
         room = touch(name)
-        room.online[id] = true
-        [room.history.dup, room.online.size]
+        room.online[id] = nick
+        [room.history.dup, presence(room)]
       end
     end
 
-    # Marks the connection gone and returns the online count.
+    # Marks the connection gone and returns the presence.
     def leave(name, id)
       @mutex.synchronize do
         room = touch(name)
         room.online.delete(id)
-        room.online.size
+        presence(room)
       end
     end
 
@@ -101,11 +106,11 @@ module Chat
       end
     end
 
-    def online(name)
-      @mutex.synchronize { @rooms[name]&.online&.size || 0 }
-    end
-
     private
+
+    def presence(room)
+      Presence.new(room.online.size, room.online.values.uniq.sort.first(MAX_NICKS))
+    end
 
     def touch(name)
       room = @rooms.delete(name) || Room.new([], {})
@@ -130,10 +135,10 @@ module Chat
 
     def on_open(client)
       client.subscribe(@channel)
-      history, online = @rooms.join(@room, client.id)
+      history, presence = @rooms.join(@room, client.id, @nick)
       client.write(JSON.generate({ type: "history", room: @room, messages: history }))
       client.publish(@channel, JSON.generate({ type: "join", nick: @nick, at: Chat.now }))
-      client.publish(@channel, count(online))
+      client.publish(@channel, count(presence))
     end
 
     def on_message(client, data)
@@ -153,15 +158,15 @@ module Chat
     end
 
     def on_close(client)
-      online = @rooms.leave(@room, client.id)
+      presence = @rooms.leave(@room, client.id)
       client.publish(@channel, JSON.generate({ type: "leave", nick: @nick, at: Chat.now }))
-      client.publish(@channel, count(online))
+      client.publish(@channel, count(presence))
     end
 
     private
 
-    def count(online)
-      JSON.generate({ type: "count", room: @room, online: online })
+    def count(presence)
+      JSON.generate({ type: "count", room: @room, online: presence.count, nicks: presence.nicks })
     end
 
     def error(client, text)

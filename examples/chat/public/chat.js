@@ -85,6 +85,7 @@
       case "count":
         $("count").textContent = String(msg.online);
         $("online").hidden = false;
+        $("who").textContent = msg.nicks && msg.nicks.length ? `Here: ${msg.nicks.join(", ")}` : "";
         break;
       case "message":
       case "join":
@@ -140,6 +141,7 @@
     $("room-view").hidden = false;
     $("room-title").textContent = `#${room} as ${nick}`;
     list.replaceChildren();
+    $("who").textContent = "";
     wanted = true;
     attempt = 0;
     connect();
