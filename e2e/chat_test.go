@@ -27,6 +27,7 @@ type chatMsg struct {
 	At       string    `json:"at"`
 	Room     string    `json:"room"`
 	Online   int       `json:"online"`
+	Nicks    []string  `json:"nicks"`
 	Messages []chatMsg `json:"messages"`
 }
 
@@ -196,7 +197,9 @@ func talk(t *testing.T, ca, cb *Cablecar, room string) *chatter {
 	}
 	b, _ := join(t, cb, room, "böb ☕", 2)
 	a.expectJoin("böb ☕")
-	a.expectCount(2)
+	if m := a.expect("count"); m.Online != 2 || strings.Join(m.Nicks, "|") != "alice|böb ☕" {
+		t.Fatalf("alice: count %d of %q, want 2 of alice and böb ☕", m.Online, m.Nicks)
+	}
 
 	a.say("hi <b>böb</b>")
 	a.expectSaid("alice", "hi <b>böb</b>")
