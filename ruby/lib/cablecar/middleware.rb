@@ -46,7 +46,7 @@ module Cablecar
 
     def initialize(app, secret: Cablecar.config.secret, tolerance: Signature::DEFAULT_TOLERANCE, verify: true)
       @app = app
-      @secrets = Signature.secrets(secret)
+      @secrets = Signature::Keyring.new(secret)
       @tolerance = tolerance
       @verify = verify
       return unless @verify && @secrets.empty?
