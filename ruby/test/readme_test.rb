@@ -33,7 +33,8 @@ class ReadmeTest < Minitest::Test
   end
 
   # The top-level README's gem example: everyone in the lobby, the sender
-  # included, gets each message.
+  # included, gets each message. (Both examples are evaluated at the top
+  # level, so their classes must not share a name.)
   def test_the_main_readme_example_runs_as_written
     @readme = MAIN_README
     a = connect "/"
