@@ -6,10 +6,10 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 
 # What the tests run for real: Redis, Ruby with Rack, Puma, and Chromium for
 # the browser test of the chat example (Debian packages).
-TEST_PKGS  := redis-server ruby ruby-rack puma chromium
+TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-redis puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-go fmt vet clean demo
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo
 
 all: build
 
@@ -29,8 +29,12 @@ check: build
 	./$(BIN) -check -config sidecar.yaml
 
 ## test: unit and end-to-end tests with the race detector (installs what they need).
-test: deps vet
+test: deps vet ruby-test
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+## ruby-test: the gem's own tests (minitest, no sidecar needed).
+ruby-test: deps
+	cd ruby && ruby -w -Ilib -Itest -e 'Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }'
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
@@ -63,6 +67,10 @@ bench-ws: deps
 # under 100 ms (see docs/performance.md).
 bench-redis: deps
 	$(GO) test -run - -bench Redis -benchtime 1x -timeout 15m ./e2e/
+
+# The gem's cost per callback, in process (ruby/bench/middleware.rb).
+bench-ruby: deps
+	ruby -Iruby/lib ruby/bench/middleware.rb
 
 # In-process Go benchmarks (pass-through, event bodies, broker, replies).
 bench-go:
