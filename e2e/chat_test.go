@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -330,4 +332,23 @@ func TestChatRedisTwoNodes(t *testing.T) {
 		t.Fatalf("alice: got %v, want frank's join", m)
 	}
 	a.expectCount(2)
+}
+
+// TestChatRubyTestKit runs the example's own Ruby tests, which use the
+// gem's Cablecar::Testing and need no sidecar, so a change to the gem that
+// breaks the example shows here too.
+func TestChatRubyTestKit(t *testing.T) {
+	t.Parallel()
+	ruby := requireTool(t, "ruby")
+	root := RepoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ruby, "-I", filepath.Join(root, "ruby", "lib"),
+		filepath.Join(root, "examples", "chat", "test", "chat_test.rb"))
+	cmd.Dir = root
+	cmd.Env = append(cleanEnv(), "CABLECAR_CALLBACK_SECRET=chat-kit-test")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), " 0 failures, 0 errors") {
+		t.Fatalf("examples/chat/test/chat_test.rb: %v\n%s", err, out)
+	}
 }
