@@ -173,14 +173,32 @@ func (p *Page) Do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// WaitJS waits until the JavaScript expression is truthy on the page.
+// WaitJS waits until the JavaScript expression is truthy on the page, for
+// at most pageWait.
 func (p *Page) WaitJS(what, expr string) {
 	p.t.Helper()
-	p.Do("waiting for "+what, func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
-		return chromedp.Poll[chromedp.Void](expr,
-			chromedp.WithPollingTimeout(pageWait-time.Second),
-			chromedp.WithPollingInterval(20*time.Millisecond))(ctx, t)
-	})
+	p.WaitJSWithin(pageWait, what, expr)
+}
+
+// WaitJSWithin is WaitJS with a deadline of its own.
+func (p *Page) WaitJSWithin(d time.Duration, what, expr string) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, d+time.Second)
+	defer cancel()
+	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingTimeout(d),
+		chromedp.WithPollingInterval(20*time.Millisecond)))
+	if err != nil {
+		p.t.Fatalf("page %s: waiting for %s: %v (state %q)", p.Name, what, err, p.state())
+	}
+}
+
+// state is the page's text of #state if it has one, for failure messages.
+func (p *Page) state() string {
+	ctx, cancel := context.WithTimeout(p.ctx, time.Second)
+	defer cancel()
+	s, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.getElementById("state") || {}).textContent || ""`))
+	return s
 }
 
 // EvalJS evaluates a JavaScript expression on the page and decodes its

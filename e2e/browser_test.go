@@ -72,7 +72,8 @@ func TestBrowserChat(t *testing.T) {
 		t.Fatalf("cablecar after SIGTERM: exit %d, %v", code, err)
 	}
 	app.cablecar(t, map[string]any{"listen": c.Addr})
-	alice.waitState("online")
+	// The page may be in its longest wait by now: up to 10 s.
+	alice.WaitJSWithin(15*time.Second, "online again", `document.getElementById("state").dataset.state === "online"`)
 	alice.waitCount(1)
 	alice.waitSaid("bob", "hi alice ☕") // the history came again
 	alice.Screenshot("browser-chat-alice-reconnected.png")
