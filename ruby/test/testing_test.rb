@@ -58,6 +58,7 @@ class TestingKitTest < Minitest::Test
       run(lambda do |env|
         return [200, {}, ["page"]] unless env["rack.upgrade?"] == :websocket
         return [400, {}, ["bad room"]] if env["PATH_INFO"] == "/rooms/"
+        return [401, {}, ["log in first"]] if env["PATH_INFO"] == "/private"
 
         env["rack.upgrade"] = env["PATH_INFO"].start_with?("/rooms/") ? Room.new(env) : UglyChat.new(env)
         [0, {}, []]
@@ -107,6 +108,7 @@ class TestingKitTest < Minitest::Test
     conn = connect "/rooms/"
     assert_rejected 400, conn
     refute conn.open?
+    assert_rejected 401, connect("/private") # the app's own 401 is a refusal, not a signature problem
   end
 
   def test_failures_are_reported

@@ -58,8 +58,16 @@ module Cablecar
       end || res.body.to_s[0, 200]
       raise(code >= 500 ? Unavailable : Error, "Cablecar admin #{path}: #{code} #{message}")
     rescue SystemCallError, IOError, Timeout::Error, OpenSSL::SSL::SSLError => e
-      Thread.current[@key] = nil
+      drop_connection
       raise Unavailable, "Cablecar admin API at #{@uri} unreachable: #{e.class}: #{e.message}"
+    end
+
+    def drop_connection
+      conn = Thread.current[@key]
+      Thread.current[@key] = nil
+      conn&.finish if conn&.started?
+    rescue IOError
+      nil
     end
 
     def http
