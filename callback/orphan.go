@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/cablecar/cablecar/pubsub"
 )
@@ -39,13 +42,18 @@ var (
 // claims as the "connection", and the event id of LostCloseN. ev.Type may
 // be left empty; ev.By is what the caller says (node_lost).
 //
+// Of the app's reply only publish is carried out, through pub (when not
+// nil): the connection has no socket left for the rest, but the room it
+// was in should still hear the app's "left" notice and new presence
+// count. except_self needs nothing: the connection is gone everywhere.
+//
 // It returns once the app took the event (2xx or 410), or with an error:
 // ErrCloseRejected or ErrCloseDropped when it was dropped; ctx's error when
 // ctx ended first, or ErrShutdown when Wait gave up on shutdown — then the
 // event was not dropped but abandoned, and is not counted: the caller
 // still holds the record and may post it again. Concurrency is the
 // caller's to bound (the global cap on requests in flight applies too).
-func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Event) error {
+func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Event, pub Publisher) error {
 	if ev.Type == "" {
 		ev.Type = EventClose
 	}
@@ -62,7 +70,7 @@ func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Eve
 	abort := make(chan struct{})
 	// Not counted by c.Wait: shutdown does not wait for another node's
 	// close events, whose records stay in Redis for a survivor.
-	s := &Stream{c: c, t: lostTarget{info}, id: rec.ID, path: rec.Path, headers: rec.Headers,
+	s := &Stream{c: c, t: lostTarget{info: info, pub: pub, log: c.log, timeout: c.cfg.Timeout}, id: rec.ID, path: rec.Path, headers: rec.Headers,
 		doneCh: make(chan struct{}), abort: abort}
 	s.seq = LostCloseN - 1 // End numbers the close event seq+1
 	// The caller's ctx ending, or shutdown giving up, abandons the event:
@@ -112,10 +120,35 @@ func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Eve
 // delivered.
 var ErrShutdown = errors.New("callback: shutting down")
 
-// lostTarget is a connection that is gone: its reply has no socket to act
-// on.
-type lostTarget struct{ info ConnInfo }
+// Publisher is where the reply to a lost connection's close event
+// publishes: the broker.
+type Publisher interface {
+	Publish(ctx context.Context, msgs ...pubsub.Message) error
+}
+
+// lostTarget is a connection that is gone: of its reply, only what
+// reaches other connections (publish) has anything to act on.
+type lostTarget struct {
+	info    ConnInfo
+	pub     Publisher
+	log     zerolog.Logger
+	timeout time.Duration
+}
 
 func (t lostTarget) Info() ConnInfo { return t.info }
-func (lostTarget) Apply(*Reply)     {}
 func (lostTarget) Fail(bool)        {}
+
+func (t lostTarget) Apply(r *Reply) {
+	if t.pub == nil || len(r.Publish) == 0 {
+		return
+	}
+	msgs := make([]pubsub.Message, len(r.Publish))
+	for i, p := range r.Publish {
+		msgs[i] = pubsub.Message{Channel: p.Channel, Data: p.Data, Binary: p.Binary}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), t.timeout)
+	defer cancel()
+	if err := t.pub.Publish(ctx, msgs...); err != nil {
+		t.log.Warn().Err(err).Str("conn_id", t.info.ID).Msg("publish from the reply to a lost connection's close event failed")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestDeliverClose(t *testing.T) {
 	})
 	c := app.client(t, func(cfg *Config) { cfg.Secrets = []string{secret} })
 	rec := lostRecord()
-	if err := c.DeliverClose(t.Context(), rec, lostClose); err != nil {
+	if err := c.DeliverClose(t.Context(), rec, lostClose, nil); err != nil {
 		t.Fatal(err)
 	}
 	reqs := app.requests()
@@ -99,7 +100,7 @@ func TestDeliverCloseRetries(t *testing.T) {
 	})
 	c := app.client(t, nil)
 	rec := lostRecord()
-	if err := c.DeliverClose(t.Context(), rec, lostClose); err != nil {
+	if err := c.DeliverClose(t.Context(), rec, lostClose, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{rec.ID + ":9007199254740991", rec.ID + ":9007199254740991", rec.ID + ":9007199254740991"}
@@ -114,7 +115,7 @@ func TestDeliverCloseRetries(t *testing.T) {
 func TestDeliverCloseGone(t *testing.T) {
 	app := startApp(t, func(*appReq) answer { return answer{status: 410} })
 	c := app.client(t, nil)
-	if err := c.DeliverClose(t.Context(), lostRecord(), lostClose); err != nil {
+	if err := c.DeliverClose(t.Context(), lostRecord(), lostClose, nil); err != nil {
 		t.Errorf("410 to a close event: %v, want nil (the app knows)", err)
 	}
 }
@@ -122,7 +123,7 @@ func TestDeliverCloseGone(t *testing.T) {
 func TestDeliverCloseRejected(t *testing.T) {
 	app := startApp(t, func(*appReq) answer { return answer{status: 422} })
 	c := app.client(t, nil)
-	err := c.DeliverClose(t.Context(), lostRecord(), lostClose)
+	err := c.DeliverClose(t.Context(), lostRecord(), lostClose, nil)
 	if !errors.Is(err, ErrCloseRejected) {
 		t.Errorf("err %v, want ErrCloseRejected", err)
 	}
@@ -137,7 +138,7 @@ func TestDeliverCloseRejected(t *testing.T) {
 func TestDeliverCloseRetriesRunOut(t *testing.T) {
 	app := startApp(t, func(*appReq) answer { return answer{status: 503} })
 	c := app.client(t, func(cfg *Config) { cfg.CloseRetryFor = 150 * time.Millisecond })
-	err := c.DeliverClose(t.Context(), lostRecord(), lostClose)
+	err := c.DeliverClose(t.Context(), lostRecord(), lostClose, nil)
 	if !errors.Is(err, ErrCloseDropped) {
 		t.Errorf("err %v, want ErrCloseDropped", err)
 	}
@@ -166,7 +167,7 @@ func TestDeliverCloseCtxEnds(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 			defer cancel()
 			start := time.Now()
-			err := c.DeliverClose(ctx, lostRecord(), lostClose)
+			err := c.DeliverClose(ctx, lostRecord(), lostClose, nil)
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("err %v, want the ctx's", err)
 			}
@@ -193,7 +194,7 @@ func TestDeliverCloseShutdown(t *testing.T) {
 	s := c.NewStream(newTarget("c_live"), "c_live", "/", nil)
 	s.Push(closeEvent())
 	errc := make(chan error, 1)
-	go func() { errc <- c.DeliverClose(context.Background(), lostRecord(), lostClose) }()
+	go func() { errc <- c.DeliverClose(context.Background(), lostRecord(), lostClose, nil) }()
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	_ = c.Wait(ctx)
@@ -209,10 +210,49 @@ func TestDeliverCloseShutdown(t *testing.T) {
 
 func TestDeliverCloseRefusesOtherEvents(t *testing.T) {
 	c := newTestClient(t, "tcp", "127.0.0.1:1", nil)
-	if err := c.DeliverClose(t.Context(), lostRecord(), Event{Type: EventMessage}); err == nil {
+	if err := c.DeliverClose(t.Context(), lostRecord(), Event{Type: EventMessage}, nil); err == nil {
 		t.Error("a message event was accepted")
 	}
-	if err := c.DeliverClose(t.Context(), pubsub.ConnRecord{ID: "c_1"}, lostClose); err == nil {
+	if err := c.DeliverClose(t.Context(), pubsub.ConnRecord{ID: "c_1"}, lostClose, nil); err == nil {
 		t.Error("a record without a path was accepted")
+	}
+}
+
+// recordingPublisher is a broker that keeps what it was asked to publish.
+type recordingPublisher struct {
+	mu   sync.Mutex
+	msgs []pubsub.Message
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, msgs ...pubsub.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.msgs = append(p.msgs, msgs...)
+	return nil
+}
+
+// The reply to a lost connection's close event is carried out as far as
+// it reaches other connections: the room hears the app's leave notice.
+// The rest (send, close, state) has no socket to act on.
+func TestDeliverClosePublishes(t *testing.T) {
+	app := startApp(t, func(*appReq) answer {
+		return answer{status: 200, header: map[string]string{"Content-Type": "application/json"},
+			body: `{"send":["nobody"],"publish":[{"channel":"room:1","data":"u7 left","except_self":true},{"channel":"room:1","data":"AAE=","binary":true}],"close":{"code":4000}}`}
+	})
+	c := app.client(t, nil)
+	pub := &recordingPublisher{}
+	if err := c.DeliverClose(t.Context(), lostRecord(), lostClose, pub); err != nil {
+		t.Fatal(err)
+	}
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	want := []pubsub.Message{{Channel: "room:1", Data: []byte("u7 left")}, {Channel: "room:1", Data: []byte{0, 1}, Binary: true}}
+	if len(pub.msgs) != len(want) {
+		t.Fatalf("published %+v, want %+v", pub.msgs, want)
+	}
+	for i, m := range pub.msgs {
+		if m.Channel != want[i].Channel || string(m.Data) != string(want[i].Data) || m.Binary != want[i].Binary || m.Except != "" {
+			t.Errorf("message %d: %+v, want %+v", i, m, want[i])
+		}
 	}
 }

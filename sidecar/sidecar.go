@@ -188,7 +188,7 @@ func (s *Sidecar) reapLost(ctx context.Context, node string, recs []pubsub.ConnR
 			defer wg.Done()
 			defer func() { <-sem }()
 			ev := callback.Event{Type: callback.EventClose, Code: 1006, Reason: "node lost", By: "node_lost"}
-			if err := s.cb.DeliverClose(ctx, rec, ev); err != nil {
+			if err := s.cb.DeliverClose(ctx, rec, ev, s.broker); err != nil {
 				s.log.Debug().Err(err).Str("conn_id", rec.ID).Msg("close event of a lost connection not delivered")
 			}
 		}()
