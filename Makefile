@@ -68,9 +68,11 @@ bench-ws: deps
 bench-redis: deps
 	$(GO) test -run - -bench Redis -benchtime 1x -timeout 15m ./e2e/
 
-# The gem's cost per callback, in process (ruby/bench/middleware.rb).
+# The gem's cost per callback, in process (ruby/bench/middleware.rb), and
+# echo round trips through Cablecar and Puma, gem vs a hand-written handler.
 bench-ruby: deps
 	ruby -Iruby/lib ruby/bench/middleware.rb
+	$(GO) test -run - -bench GemEcho -benchtime 1x -timeout 5m ./e2e/
 
 # In-process Go benchmarks (pass-through, event bodies, broker, replies).
 bench-go:
