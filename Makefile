@@ -6,7 +6,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 
 # What the tests run for real: Redis, Ruby with Rack, Puma, and Chromium for
 # the browser test of the chat example (Debian packages).
-TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-redis ruby-railties puma chromium
+TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties puma chromium
 BENCH_PKGS := nginx-light wrk
 
 .PHONY: all build run check test ruby-test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo
@@ -32,9 +32,10 @@ check: build
 test: deps vet ruby-test
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## ruby-test: the gem's own tests (minitest, no sidecar needed).
+## ruby-test: the gem's own tests (minitest, and the test kit under RSpec; no sidecar needed).
 ruby-test: deps
 	cd ruby && ruby -w -Ilib -Itest -e 'Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }'
+	cd ruby && rspec -I lib --order defined spec
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
