@@ -130,6 +130,16 @@ class PublisherTest < Minitest::Test
     ], redis.published
   end
 
+  def test_redis_errors_are_unavailable
+    down = Object.new
+    def down.publish(*) = raise(IOError, "Connection refused")
+    pub = Cablecar::RedisPublisher.new(redis: down)
+    err = assert_raises(Cablecar::Unavailable) { pub.publish("room:1", "x") }
+    assert_match(/Redis: IOError: Connection refused/, err.message)
+    assert_raises(Cablecar::Unavailable) { pub.send_to(ID, "x") }
+    assert_raises(ArgumentError) { pub.send_to("bad id", "x") } # our own checks stay what they are
+  end
+
   def test_redis_send_to_a_node_nobody_listens_for
     pub = Cablecar::RedisPublisher.new(redis: RecordingRedis.new(0))
     refute pub.send_to(ID, "x")

@@ -105,9 +105,9 @@ module Cablecar
       f = Cablecar.frame(data)
       name = "#{@prefix}#{channel}"
       if !f["binary"] && except.nil?
-        @redis.publish(name, f["data"])
+        deliver(name, f["data"])
       else
-        @redis.publish("#{@prefix}~x:{#{name}}", envelope("m", f["binary"], except.to_s, data))
+        deliver("#{@prefix}~x:{#{name}}", envelope("m", f["binary"], except.to_s, data))
       end
       true
     end
@@ -118,15 +118,24 @@ module Cablecar
       node = node_of(connection_id)
       binary = data.is_a?(String) && data.encoding == Encoding::BINARY
       Cablecar.frame(data) # checks the text
-      @redis.publish("#{@prefix}~node:#{node}", envelope("s", binary, connection_id, data)).to_i.positive?
+      deliver("#{@prefix}~node:#{node}", envelope("s", binary, connection_id, data)).to_i.positive?
     end
 
     def close(connection_id, code, reason)
       node = node_of(connection_id)
-      @redis.publish("#{@prefix}~node:#{node}", envelope("c", false, connection_id, reason, code: code)).to_i.positive?
+      deliver("#{@prefix}~node:#{node}", envelope("c", false, connection_id, reason, code: code)).to_i.positive?
     end
 
     private
+
+    # The client's own errors (Redis::CannotConnectError and the like)
+    # become Unavailable, as the admin API's do, so callers rescue one
+    # class whichever way they publish.
+    def deliver(channel, payload)
+      @redis.publish(channel, payload)
+    rescue StandardError => e
+      raise Unavailable, "Redis: #{e.class}: #{e.message}"
+    end
 
     def node_of(connection_id)
       m = CONNECTION_ID.match(connection_id.to_s)
