@@ -247,6 +247,16 @@ class MiddlewareTest < Minitest::Test
     assert_empty @seen
   end
 
+  def test_oversized_bodies_are_refused_unread
+    app = Cablecar::Middleware.new(->(_) { raise "must not be called" }, secret: SECRET, max_body: 100)
+    env = event_env("/chat", [{ "type" => "message", "data" => "x" * 200 }])
+    assert_equal 413, call_app(app, env)[0]
+    env.delete("CONTENT_LENGTH") # chunked: found out while reading
+    env["rack.input"].rewind
+    assert_equal 413, call_app(app, env)[0]
+    assert_equal 204, call_app(@app, event_env("/nohandler", [{ "type" => "close", "code" => 1000, "by" => "client" }]))[0]
+  end
+
   # Rails' CSRF check (and anything like it) applies to POSTs inside the
   # app: the events reach the app only as the rebuilt GET.
   def test_a_csrf_guard_inside_never_sees_the_event_post

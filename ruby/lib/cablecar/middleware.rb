@@ -44,8 +44,16 @@ module Cablecar
     # Headers of the app's response that described its own body.
     BODY_HEADERS = %w[content-length content-type transfer-encoding content-encoding etag last-modified].freeze
 
-    def initialize(app, secret: Cablecar.config.secret, tolerance: Signature::DEFAULT_TOLERANCE, verify: true)
+    # Cablecar's event bodies stay near 1 MiB (a batch is cut there; one
+    # message may exceed it up to websocket.max_message_size, plus base64
+    # or JSON escaping). Anything much larger was not sent by Cablecar, and
+    # is refused before it is read, ahead of the signature check.
+    DEFAULT_MAX_BODY = 32 << 20
+
+    def initialize(app, secret: Cablecar.config.secret, tolerance: Signature::DEFAULT_TOLERANCE, verify: true,
+                   max_body: DEFAULT_MAX_BODY)
       @app = app
+      @max_body = max_body
       @secrets = Signature::Keyring.new(secret)
       @tolerance = tolerance
       @verify = verify
@@ -109,8 +117,12 @@ module Cablecar
     # --- events --------------------------------------------------------------
 
     def events(env)
+      return too_large if env["CONTENT_LENGTH"].to_i > @max_body
+
       input = env["rack.input"]
-      body = input ? input.read.to_s : +""
+      body = input ? input.read(@max_body + 1).to_s : +""
+      return too_large if body.bytesize > @max_body
+
       input.rewind if input.respond_to?(:rewind)
       if (refusal = verify(env, body))
         return refusal
@@ -245,6 +257,10 @@ module Cablecar
       claims.is_a?(Hash) ? claims : nil
     rescue JSON::ParserError
       nil
+    end
+
+    def too_large
+      plain(413, "an event body is at most #{@max_body} bytes (max_body:)\n")
     end
 
     def close_body(body)
