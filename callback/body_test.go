@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
-	"unicode/utf8"
 )
 
 func TestEventBody(t *testing.T) {
@@ -47,44 +46,6 @@ func TestEventBody(t *testing.T) {
 	if want := `{"connection":{"id":"c","state":"","channels":["room:1","b"]},"events":[{"id":"c:1","type":"open"}]}`; string(body) != want {
 		t.Errorf("got  %s\nwant %s", body, want)
 	}
-}
-
-// appendJSONString must agree with encoding/json on what a string decodes
-// to, invalid UTF-8 included.
-func TestAppendJSONString(t *testing.T) {
-	for _, s := range []string{
-		"", "plain", "\x00\x1f\x7f", "quote\" back\\slash", "\u2028\u2029", "é日本🙂",
-		"\xff", "a\xc3", "\xed\xa0\x80", "x\xe2\x82", "\r\n\t\b\f",
-	} {
-		got := appendJSONString(nil, s)
-		var dec string
-		if err := json.Unmarshal(got, &dec); err != nil {
-			t.Errorf("%q → %s: %v", s, got, err)
-			continue
-		}
-		want, _ := json.Marshal(s)
-		var wantDec string
-		_ = json.Unmarshal(want, &wantDec)
-		if dec != wantDec {
-			t.Errorf("%q → %s decodes to %q, encoding/json to %q", s, got, dec, wantDec)
-		}
-	}
-}
-
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range []string{"", "a\"b", "\xff\xfe", "\u2028", "é"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		got := appendJSONString(nil, s)
-		var dec string
-		if err := json.Unmarshal(got, &dec); err != nil {
-			t.Fatalf("%q → %s: %v", s, got, err)
-		}
-		if utf8.ValidString(s) && dec != s {
-			t.Fatalf("%q → %s decodes to %q", s, got, dec)
-		}
-	})
 }
 
 // BenchmarkEventBody measures the body of one request: a single message

@@ -11,11 +11,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/internal/jsontext"
 )
 
 // The registry lets the close events of a node's connections outlive the
@@ -1112,9 +1113,9 @@ func encodeHead(rec ConnRecord) []byte {
 	}
 	b := make([]byte, 0, n)
 	b = append(b, `{"id":`...)
-	b = appendJSONText(b, rec.ID)
+	b = jsontext.AppendString(b, rec.ID)
 	b = append(b, `,"path":`...)
-	b = appendJSONText(b, rec.Path)
+	b = jsontext.AppendString(b, rec.Path)
 	if len(rec.Headers) > 0 {
 		b = append(b, `,"headers":[`...)
 		for i, h := range rec.Headers {
@@ -1122,9 +1123,9 @@ func encodeHead(rec ConnRecord) []byte {
 				b = append(b, ',')
 			}
 			b = append(b, '[')
-			b = appendJSONText(b, h[0])
+			b = jsontext.AppendString(b, h[0])
 			b = append(b, ',')
-			b = appendJSONText(b, h[1])
+			b = jsontext.AppendString(b, h[1])
 			b = append(b, ']')
 		}
 		b = append(b, ']')
@@ -1153,7 +1154,7 @@ func appendRecord(dst []byte, o *op) []byte {
 	dst = append(dst, o.head...)
 	if o.state != "" {
 		dst = append(dst, `,"state":`...)
-		dst = appendJSONText(dst, o.state)
+		dst = jsontext.AppendString(dst, o.state)
 	}
 	if len(o.channels) > 0 {
 		dst = append(dst, `,"channels":[`...)
@@ -1161,52 +1162,9 @@ func appendRecord(dst []byte, o *op) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJSONText(dst, ch)
+			dst = jsontext.AppendString(dst, ch)
 		}
 		dst = append(dst, ']')
 	}
 	return append(dst, '}')
-}
-
-// appendJSONText writes s as a JSON string; invalid UTF-8 becomes U+FFFD,
-// as encoding/json reads it back anyway.
-func appendJSONText(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' {
-			j := i + 1
-			for j < len(s) && s[j] >= 0x20 && s[j] < utf8.RuneSelf && s[j] != '"' && s[j] != '\\' {
-				j++
-			}
-			dst = append(dst, s[i:j]...)
-			i = j
-			continue
-		}
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, `\u00`...)
-				dst = append(dst, "0123456789abcdef"[c>>4], "0123456789abcdef"[c&0xf])
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, `\ufffd`...)
-		} else {
-			dst = append(dst, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(dst, '"')
 }
