@@ -21,10 +21,12 @@ if ! sh e2e/deps.sh ruby ruby-rack puma; then
 fi
 puma=/usr/bin/puma
 [ -x "$puma" ] || puma=$(command -v puma) || { say "puma not found"; exit 1; }
-if [ ! -x bin/cablecar ]; then
+# CABLECAR_BIN: another build to run (the e2e test runs its own).
+cablecar=${CABLECAR_BIN:-bin/cablecar}
+if [ ! -x "$cablecar" ]; then
 	command -v "${GO:-go}" >/dev/null || { say "Go is needed to build Cablecar: https://go.dev/doc/install"; exit 1; }
-	say "building bin/cablecar"
-	"${GO:-go}" build -o bin/cablecar .
+	say "building $cablecar"
+	"${GO:-go}" build -o "$cablecar" .
 fi
 
 # http_status PORT PATH: the status code of GET PATH on 127.0.0.1:PORT, or
@@ -55,7 +57,7 @@ export RUBYLIB="$root/ruby/lib${RUBYLIB:+:$RUBYLIB}"
 set -m
 "$puma" --no-config -e development -t 2:16 -b "tcp://127.0.0.1:$APP_PORT" examples/chat/config.ru &
 puma_pid=$!
-./bin/cablecar -config sidecar.yaml &
+"$cablecar" -config sidecar.yaml &
 cablecar_pid=$!
 set +m
 
