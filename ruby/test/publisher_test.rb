@@ -130,6 +130,17 @@ class PublisherTest < Minitest::Test
     ], redis.published
   end
 
+  # Text in another encoding goes out as UTF-8 on either path.
+  def test_redis_text_is_utf8_in_the_envelope_too
+    redis = RecordingRedis.new
+    pub = Cablecar::RedisPublisher.new(redis: redis, prefix: "cc:")
+    latin = "caf\xe9".dup.force_encoding(Encoding::ISO_8859_1)
+    pub.publish("room:1", latin)
+    pub.publish("room:1", latin, except: ID)
+    assert pub.send_to(ID, latin)
+    assert_equal ["café".b, "C1m\x00\x1a#{ID}café".b, "C1s\x00\x1a#{ID}café".b], redis.published.map(&:last)
+  end
+
   def test_redis_errors_are_unavailable
     down = Object.new
     def down.publish(*) = raise(IOError, "Connection refused")

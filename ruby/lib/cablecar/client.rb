@@ -34,13 +34,20 @@ module Cablecar
     [code, reason]
   end
 
-  # The message as the JSON of a reply or an admin call: text as it is, a
-  # binary (ASCII-8BIT) String as base64 with "binary": true.
-  def frame(data)
+  # A message checked: [bytes, binary?]. A binary (ASCII-8BIT) String is
+  # sent as it is; any other must be text that is valid UTF-8.
+  def message(data)
     raise TypeError, "a message is a String, not #{data.class} (JSON.generate it first?)" unless data.is_a?(String)
-    return { "data" => Base64.strict_encode64(data), "binary" => true } if data.encoding == Encoding::BINARY
+    return [data, true] if data.encoding == Encoding::BINARY
 
-    { "data" => utf8!(data, "text message") }
+    [utf8!(data, "text message"), false]
+  end
+
+  # The message as the JSON of a reply or an admin call: text as it is,
+  # binary as base64 with "binary": true.
+  def frame(data)
+    bytes, binary = message(data)
+    binary ? { "data" => Base64.strict_encode64(bytes), "binary" => true } : { "data" => bytes }
   end
 
   def utf8!(str, what)

@@ -102,12 +102,12 @@ module Cablecar
     # Text without except goes verbatim on the channel itself, as the app's
     # own PUBLISH would; the rest in the envelope on its companion channel.
     def publish(channel, data, except: nil)
-      f = Cablecar.frame(data)
+      bytes, binary = Cablecar.message(data)
       name = "#{@prefix}#{channel}"
-      if !f["binary"] && except.nil?
-        deliver(name, f["data"])
+      if !binary && except.nil?
+        deliver(name, bytes)
       else
-        deliver("#{@prefix}~x:{#{name}}", envelope("m", f["binary"], except.to_s, data))
+        deliver("#{@prefix}~x:{#{name}}", envelope("m", binary, except.to_s, bytes))
       end
       true
     end
@@ -116,9 +116,8 @@ module Cablecar
     # holds the connection); false when no node listens for that id.
     def send_to(connection_id, data)
       node = node_of(connection_id)
-      binary = data.is_a?(String) && data.encoding == Encoding::BINARY
-      Cablecar.frame(data) # checks the text
-      deliver("#{@prefix}~node:#{node}", envelope("s", binary, connection_id, data)).to_i.positive?
+      bytes, binary = Cablecar.message(data)
+      deliver("#{@prefix}~node:#{node}", envelope("s", binary, connection_id, bytes)).to_i.positive?
     end
 
     def close(connection_id, code, reason)
