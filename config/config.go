@@ -101,6 +101,23 @@ type Proxy struct {
 	// below 500 is ready); empty means /readyz only checks that the app
 	// accepts connections.
 	HealthPath string `key:"health_path" default:"" check:"path"`
+	// ClientBodyTimeout cuts a request body that sends nothing for this
+	// long (nginx's client_body_timeout): 408 when no response has
+	// started, so a trickling upload cannot hold an app connection.
+	ClientBodyTimeout time.Duration `key:"client_body_timeout" default:"60s"`
+	// MaxConnsPerClient caps the app connections one client address
+	// (after trusted_proxies) holds at once; past it the client gets 503
+	// with Retry-After. 0 means a quarter of max_conns.
+	MaxConnsPerClient int `key:"max_conns_per_client" default:"0" min:"0" max:"1000000"`
+}
+
+// ConnsPerClient is the effective per-client cap: MaxConnsPerClient, or
+// a quarter of MaxConns (at least 1) when it is 0.
+func (p Proxy) ConnsPerClient() int {
+	if p.MaxConnsPerClient > 0 {
+		return p.MaxConnsPerClient
+	}
+	return max(1, p.MaxConns/4)
 }
 
 // Admin is the operator-facing listener (/publish, /send, /close,
@@ -137,6 +154,9 @@ type WebSocket struct {
 	// SendQueue is how many messages may wait for a slow client before it
 	// is closed as slow.
 	SendQueue int `key:"send_queue" default:"256" min:"1" max:"1000000"`
+	// SendQueueBytes bounds the bytes waiting for a slow client as well,
+	// so memory per connection stays bounded whatever the messages' size.
+	SendQueueBytes int64 `key:"send_queue_bytes" default:"1MiB" size:"true" min:"1KiB" max:"1GiB"`
 	// MaxMessageSize is the largest message a client may send, in bytes.
 	MaxMessageSize int64 `key:"max_message_size" default:"1MiB" size:"true" min:"1" max:"1GiB"`
 	// RateLimit limits the messages a client may send.
@@ -171,6 +191,12 @@ type Callback struct {
 	// connections; while it is reached, the sockets waiting on it are not
 	// read, so a struggling app is not stampeded and nothing piles up.
 	MaxInFlight int `key:"max_in_flight" default:"256" min:"1" max:"100000"`
+	// CloseRetryFor is how long a close event is retried (at most 30 s
+	// between tries) before it is counted and logged as dropped.
+	CloseRetryFor time.Duration `key:"close_retry_for" default:"1h"`
+	// MaxPendingCloses bounds the close events waiting for the app on
+	// this node; past it the oldest are dropped, counted and logged.
+	MaxPendingCloses int `key:"max_pending_closes" default:"100000" min:"1" max:"10000000"`
 }
 
 // Auth is how handshakes are authenticated before the app is asked.
@@ -195,7 +221,8 @@ type JWT struct {
 	// QueryParam is the query parameter a token may come in.
 	QueryParam string `key:"query_param" default:"token" check:"nonempty"`
 	// Leeway is the clock skew allowed when checking exp and nbf.
-	Leeway time.Duration `key:"leeway" default:"30s"`
+	// 0s means none.
+	Leeway time.Duration `key:"leeway" default:"30s" zero:"ok"`
 }
 
 // Log is where and how much Cablecar logs.

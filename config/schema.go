@@ -21,6 +21,7 @@ type field struct {
 	check  string   // name in checks, or ""
 	enum   []string // accepted values, or nil
 	size   bool     // int64 bytes with KiB/MiB/GiB suffixes
+	zero   bool     // a duration that may be 0s (it then means "none")
 	min    *int64
 	max    *int64
 }
@@ -81,6 +82,7 @@ func newField(key string, index []int, sf reflect.StructField) *field {
 		secret: sf.Tag.Get("secret") == "true",
 		check:  sf.Tag.Get("check"),
 		size:   sf.Tag.Get("size") == "true",
+		zero:   sf.Tag.Get("zero") == "ok",
 	}
 	if e := sf.Tag.Get("enum"); e != "" {
 		f.enum = strings.Split(e, "|")
@@ -174,7 +176,7 @@ func (f *field) setScalar(dst reflect.Value, raw string) error {
 	}
 	switch {
 	case f.typ == durationType:
-		d, err := parseDuration(raw)
+		d, err := parseDuration(raw, f.zero)
 		if err != nil {
 			return err
 		}

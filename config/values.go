@@ -21,10 +21,11 @@ var (
 	errEmptyEntry = errors.New("is an empty list entry")
 )
 
-// parseDuration accepts Go durations. Every duration in the config bounds
-// a wait, and none of them has a sensible "no limit", so zero and
-// negative are refused rather than given a special meaning.
-func parseDuration(s string) (time.Duration, error) {
+// parseDuration accepts Go durations. Almost every duration in the config
+// bounds a wait, and none of those has a sensible "no limit", so zero and
+// negative are refused rather than given a special meaning; the few where
+// zero means "none" (a leeway) pass zeroOK.
+func parseDuration(s string, zeroOK bool) (time.Duration, error) {
 	d, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
 		if _, numErr := strconv.ParseFloat(s, 64); numErr == nil {
@@ -32,7 +33,10 @@ func parseDuration(s string) (time.Duration, error) {
 		}
 		return 0, errors.New("is not a duration (examples: 250ms, 5s, 1m)")
 	}
-	if d <= 0 {
+	if d < 0 && zeroOK {
+		return 0, errors.New("must not be negative (examples: 0s, 250ms, 5s)")
+	}
+	if d <= 0 && !zeroOK {
 		return 0, errors.New("must be greater than zero (examples: 250ms, 5s, 1m)")
 	}
 	return d, nil

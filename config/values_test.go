@@ -65,7 +65,7 @@ func TestFormatDuration(t *testing.T) {
 		if got != want {
 			t.Errorf("formatDuration(%v) = %s, want %s", d, got, want)
 		}
-		if back, err := parseDuration(got); err != nil || back != d {
+		if back, err := parseDuration(got, false); err != nil || back != d {
 			t.Errorf("parseDuration(%s) = %v, %v; want %v", got, back, err, d)
 		}
 	}
