@@ -67,8 +67,11 @@ func (e *VerifyError) Unwrap() error { return e.Err }
 
 // Claims are what a verified token says.
 type Claims struct {
-	JSON    json.RawMessage // the verified payload, compact JSON (an object)
+	JSON    json.RawMessage // the verified payload, compact JSON (an object), numbers as written
 	Expires time.Time       // zero when the token has no exp
+	// Subject is sub as a string: a numeric sub (Rails' user.id) in plain
+	// decimal, 42 as "42"; "" when the token has none.
+	Subject string
 }
 
 // Larger tokens are refused before any parsing: JWTs from IdPs that carry
@@ -297,9 +300,9 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		return Claims{}, v.refuse(v.classify(err, &c))
 	}
 	v.results[resultOK].Inc()
-	out := Claims{JSON: c.raw}
-	if c.ExpiresAt != nil {
-		out.Expires = c.ExpiresAt.Time
+	out := Claims{JSON: c.raw, Subject: c.sub}
+	if c.exp != nil {
+		out.Expires = c.exp.Time
 	}
 	return out, nil
 }
@@ -341,7 +344,7 @@ func (v *Verifier) classify(err error, c *tokenClaims) (reason, error) {
 	}
 	if errors.Is(err, jwt.ErrTokenRequiredClaimMissing) {
 		// iss or aud is missing while configured.
-		if v.issuer != "" && c.Issuer == "" {
+		if v.issuer != "" && c.iss == "" {
 			return resultIssuer, jwt.ErrTokenInvalidIssuer
 		}
 		return resultAudience, jwt.ErrTokenInvalidAudience
