@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -45,6 +46,12 @@ type jwks struct {
 	keyfunc  atomic.Pointer[jwt.Keyfunc] // set once the storage exists
 	lastErr  atomic.Pointer[string]      // of the last failed fetch; nil after a good one
 	failures atomic.Int64                // fetches failed in a row
+	// arrived is closed once the first key set with a usable key is
+	// there to verify with; handshakes before it wait (SPEC §6).
+	arrived    chan struct{}
+	arriveOnce sync.Once
+	hadKeys    atomic.Bool  // arrived is closed
+	waiting    atomic.Int64 // handshakes waiting for the first key set
 
 	// Tunables; tests shorten them.
 	fetchTimeout time.Duration // one fetch of the key set
@@ -52,6 +59,7 @@ type jwks struct {
 	retryMax     time.Duration
 	kidEvery     time.Duration // unknown-kid refreshes at most this often
 	kidWait      time.Duration // a handshake waits at most this for one
+	firstWait    time.Duration // a handshake waits at most this for the first key set
 
 	refreshes *prometheus.CounterVec
 	fetchOK   prometheus.Counter
@@ -74,6 +82,7 @@ func newJWKS(rawURL string, refresh time.Duration, log zerolog.Logger) (*jwks, e
 		refresh:      refresh,
 		log:          log,
 		done:         make(chan struct{}),
+		arrived:      make(chan struct{}),
 		tr:           tr,
 		client:       &http.Client{Transport: limitBody{tr, maxJWKSSize}},
 		fetchTimeout: 10 * time.Second,
@@ -81,6 +90,7 @@ func newJWKS(rawURL string, refresh time.Duration, log zerolog.Logger) (*jwks, e
 		retryMax:     30 * time.Second,
 		kidEvery:     30 * time.Second,
 		kidWait:      3 * time.Second,
+		firstWait:    5 * time.Second,
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cablecar_jwks_refreshes_total",
 			Help: "Fetches of the JWT key set (auth.jwt.jwks_url), by outcome (ok, error).",
@@ -136,6 +146,7 @@ func (j *jwks) run() {
 			if err == nil {
 				f := kf.KeyfuncCtx(j.ctx)
 				j.keyfunc.Store(&f)
+				j.arrive()
 			}
 		}
 	}
@@ -190,9 +201,50 @@ func (j *jwks) ready() error {
 	return fmt.Errorf("auth.jwt.jwks_url %s: no keys yet: first fetch in progress", j.safeURL)
 }
 
+// arrive lets waiting handshakes go once there are keys and a keyfunc to
+// use them: the first fetch stores keys before run has made the keyfunc,
+// so both call this, and whichever comes second opens the gate.
+func (j *jwks) arrive() {
+	if j.store.n.Load() > 0 && j.keyfunc.Load() != nil {
+		j.arriveOnce.Do(func() {
+			j.hadKeys.Store(true)
+			close(j.arrived)
+		})
+	}
+}
+
+// waitFirst holds a handshake that came before the first key set until it
+// arrives, firstWait at most: the token may well be good, and refusing it
+// for want of keys only because Cablecar just started would send every
+// client of a restart back with an error.
+func (j *jwks) waitFirst() {
+	if j.hadKeys.Load() {
+		return
+	}
+	j.waiting.Add(1)
+	defer j.waiting.Add(-1)
+	t := time.NewTimer(j.firstWait)
+	defer t.Stop()
+	select {
+	case <-j.arrived:
+	case <-t.C:
+	case <-j.ctx.Done():
+	}
+}
+
+// status is JWKSStatus of the verifier.
+func (j *jwks) status() JWKSStatus {
+	s := JWKSStatus{URL: j.safeURL, Arrived: j.hadKeys.Load(), Keys: int(j.store.n.Load())}
+	if e := j.lastErr.Load(); e != nil {
+		s.Err = errors.New(*e)
+	}
+	return s
+}
+
 // key finds the key of t in the set, through keyfunc (which refreshes the
 // set, rate-limited, when the kid is unknown).
 func (j *jwks) key(t *jwt.Token) (any, error) {
+	j.waitFirst()
 	f := j.keyfunc.Load()
 	if f == nil {
 		return nil, errNoKeys
@@ -249,6 +301,7 @@ func (j *jwks) fetched(n int) {
 		return
 	}
 	j.lastErr.Store(nil)
+	j.arrive()
 	ev := j.log.Debug()
 	if prev == 0 {
 		ev = j.log.Info()

@@ -41,7 +41,8 @@ type JWTConfig struct {
 }
 
 // Reasons a token is refused: VerifyError.Reason. Each is short and safe to
-// show a client.
+// show a client. All but ReasonNoKeys say the token is bad; ReasonNoKeys
+// says Cablecar cannot tell yet (SPEC §6 answers it 503, not 401).
 const (
 	ReasonExpired      = "token expired"
 	ReasonBadSignature = "bad signature"
@@ -137,8 +138,8 @@ var reasonText = [numReasons]string{
 // NewVerifier builds the verifier of cfg, or returns nil, nil when neither
 // HMACSecrets nor JWKSURL is set. With a JWKS URL it fetches the key set in
 // the background and returns at once: an endpoint that is down does not
-// stop Cablecar from starting. Until keys arrive, asymmetric tokens are
-// refused with ReasonNoKeys and Ready says why; the fetch is retried with
+// stop Cablecar from starting. Until keys arrive, an asymmetric token waits
+// for them up to 5s, then is refused with ReasonNoKeys, and Ready says why; the fetch is retried with
 // backoff (up to every 30s) until it gives keys, then refreshed every
 // JWKSRefresh. reg may be nil.
 func NewVerifier(cfg JWTConfig, log zerolog.Logger, reg prometheus.Registerer) (*Verifier, error) {
@@ -267,6 +268,27 @@ func (v *Verifier) Ready(context.Context) error {
 	return v.jwks.ready()
 }
 
+// JWKSStatus is the state of the key set of auth.jwt.jwks_url, for
+// /readyz: "jwks: ok" once Arrived, else "jwks: " and why.
+type JWKSStatus struct {
+	URL     string // jwks_url without credentials
+	Arrived bool   // the first key set with a usable key has arrived
+	Keys    int    // usable keys in the set as last fetched
+	// Err is why the last fetch failed, or why the set it gave is of no
+	// use (no signing keys); nil when it succeeded, or while the first
+	// fetch is under way. Keys once arrived are kept through failures.
+	Err error
+}
+
+// JWKSStatus reports on the key set; ok is false when there is none to
+// report on (no jwks_url, or JWT off).
+func (v *Verifier) JWKSStatus() (s JWKSStatus, ok bool) {
+	if v == nil || v.jwks == nil {
+		return JWKSStatus{}, false
+	}
+	return v.jwks.status(), true
+}
+
 // Close stops fetching keys; Verify keeps working with the keys it has.
 // It is idempotent.
 func (v *Verifier) Close() {
@@ -281,7 +303,12 @@ func (v *Verifier) Close() {
 // iat not in the future (each give or take the leeway), and iss and aud as
 // configured. A token whose kid is unknown makes the key set be fetched
 // again, at most once per 30s: that one call may take up to 3s; the others
-// are refused at once.
+// are refused at once. Before the first key set from jwks_url arrived, an
+// asymmetric token waits for it, up to 5s.
+//
+// A registered claim of the wrong type makes the token malformed: exp, nbf
+// and iat must be numbers, iss a string, aud a string or list of strings,
+// sub a string or a number (null counts as absent).
 func (v *Verifier) Verify(raw string) (Claims, error) {
 	if v == nil {
 		return Claims{}, &VerifyError{Reason: ReasonAlgorithm, Err: errAlgorithm}
