@@ -173,6 +173,18 @@ func testJWTAmendHMAC(t *testing.T, p *Puma) {
 			}
 		})
 
+		// A token after a ';' in a plain request's query is kept out of
+		// the access log as one after a '&' is (checkLogs, below).
+		t.Run("SemicolonQueryNotLogged", func(t *testing.T) {
+			t.Parallel()
+			tok := token(jwtClaims("user-amend-semicolon"))
+			code, body, err := get(newClient(t), c.URL+"/hello?x=1;token="+tok, jwtWait)
+			if err != nil || code != 200 || body != "hello world\n" {
+				t.Fatalf("plain GET with ?x=1;token=: %d %q %v", code, body, err)
+			}
+			WaitFor(t, jwtWait, "the access log line", func() bool { return strings.Contains(c.Logs()+c.Stdout(), "x=1;token=[FILTERED]") })
+		})
+
 		// leeway: 0s is none: a token expired a second ago is refused
 		// (the default, 30s, would let it in), and an open connection is
 		// closed once exp itself passes.
