@@ -1,6 +1,8 @@
 package auth
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/url"
 	"strings"
 	"testing"
@@ -101,4 +103,46 @@ func hasKey(query, param string) bool {
 		}
 	}
 	return false
+}
+
+// FuzzMembers checks the payload scanner that finds the registered claims
+// against encoding/json: for any JSON object, each name (unescaped) and
+// its last value are what json.Unmarshal into a map reads.
+//
+//	go test -run - -fuzz FuzzMembers ./auth/
+func FuzzMembers(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { } `, `{"sub":"x","exp":1}`, `{"a":{"b":[1,"}",{"c":"]"}]},"d":"\"}"}`,
+		`{ "\u0065xp" : -1.5e3 , "aud":[ "a" , null ] ,"x":true,"y":false,"z":null}`,
+		`{"exp":1,"exp":"2"}`, `{"k\\":"v\\\\","":""}`, "{\n\t\"n\":\r12}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, obj string) {
+		b := bytes.TrimSpace([]byte(obj))
+		var want map[string]json.RawMessage
+		if len(b) == 0 || b[0] != '{' || json.Unmarshal(b, &want) != nil {
+			return
+		}
+		got := map[string]json.RawMessage{}
+		err := members(b, func(name, value []byte) error {
+			var k string
+			if err := json.Unmarshal(name, &k); err != nil {
+				t.Fatalf("name %q is not a JSON string", name)
+			}
+			got[k] = value
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d names, encoding/json reads %d", obj, len(got), len(want))
+		}
+		for k, v := range want {
+			if !bytes.Equal(got[k], v) {
+				t.Fatalf("%q: %q is %q, encoding/json reads %q", obj, k, got[k], v)
+			}
+		}
+	})
 }

@@ -32,6 +32,7 @@ type jwksServer struct {
 	mu      sync.Mutex
 	status  int
 	body    []byte
+	gate    chan struct{} // when set, answers wait until it is closed
 }
 
 type testJWK struct {
@@ -44,6 +45,16 @@ func newJWKSServer(t testing.TB, keys ...testJWK) *jwksServer {
 	s.serve(t, keys...)
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.fetches.Add(1)
+		s.mu.Lock()
+		gate := s.gate
+		s.mu.Unlock()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		s.mu.Lock()
 		status, body := s.status, s.body
 		s.mu.Unlock()
@@ -81,12 +92,13 @@ func (s *jwksServer) answer(status int, body []byte) {
 	s.mu.Unlock()
 }
 
-// fastJWKS shortens the retry timings; the unknown-kid limit keeps its
-// production value, which the tests rely on.
+// fastJWKS shortens the retry timings and the wait for the first key set;
+// the unknown-kid limit keeps its production value, which the tests rely on.
 func fastJWKS(j *jwks) {
 	j.retryMin = 10 * time.Millisecond
 	j.retryMax = 100 * time.Millisecond
 	j.fetchTimeout = 2 * time.Second
+	j.firstWait = 10 * time.Millisecond
 }
 
 func jwksVerifier(t *testing.T, cfg JWTConfig, log zerolog.Logger, reg prometheus.Registerer, tune ...func(*jwks)) *Verifier {
@@ -364,6 +376,7 @@ func TestJWKSHangingAtStart(t *testing.T) {
 	start := time.Now()
 	v, err := newVerifier(JWTConfig{JWKSURL: "http://" + l.Addr().String()}, zerolog.Nop(), nil, func(j *jwks) {
 		j.fetchTimeout = time.Hour
+		j.firstWait = 10 * time.Millisecond
 	})
 	if err != nil {
 		t.Fatal(err)

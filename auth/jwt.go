@@ -1,26 +1,16 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net/http"
-	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/MicahParks/jwkset"
-	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 )
 
 // JWTConfig is auth.jwt (SPEC §6). JWT is off unless HMACSecrets or
@@ -51,7 +41,8 @@ type JWTConfig struct {
 }
 
 // Reasons a token is refused: VerifyError.Reason. Each is short and safe to
-// show a client.
+// show a client. All but ReasonNoKeys say the token is bad; ReasonNoKeys
+// says Cablecar cannot tell yet (SPEC §6 answers it 503, not 401).
 const (
 	ReasonExpired      = "token expired"
 	ReasonBadSignature = "bad signature"
@@ -77,19 +68,16 @@ func (e *VerifyError) Unwrap() error { return e.Err }
 
 // Claims are what a verified token says.
 type Claims struct {
-	JSON    json.RawMessage // the verified payload, compact JSON (an object)
+	JSON    json.RawMessage // the verified payload, compact JSON (an object), numbers as written
 	Expires time.Time       // zero when the token has no exp
+	// Subject is sub as a string: a numeric sub (Rails' user.id) in plain
+	// decimal, 42 as "42"; "" when the token has none.
+	Subject string
 }
 
-const (
-	defaultJWKSRefresh = time.Hour
-	// Larger tokens are refused before any parsing: JWTs from IdPs that
-	// carry group lists reach a few KiB, and nothing legitimate needs more.
-	maxTokenSize = 16 << 10
-	// A key set larger than this is refused (a broken or hostile endpoint
-	// must not make Cablecar read without end).
-	maxJWKSSize = 1 << 20
-)
+// Larger tokens are refused before any parsing: JWTs from IdPs that carry
+// group lists reach a few KiB, and nothing legitimate needs more.
+const maxTokenSize = 16 << 10
 
 // Errors of the keyfunc, told apart in Verify.
 var (
@@ -150,8 +138,8 @@ var reasonText = [numReasons]string{
 // NewVerifier builds the verifier of cfg, or returns nil, nil when neither
 // HMACSecrets nor JWKSURL is set. With a JWKS URL it fetches the key set in
 // the background and returns at once: an endpoint that is down does not
-// stop Cablecar from starting. Until keys arrive, asymmetric tokens are
-// refused with ReasonNoKeys and Ready says why; the fetch is retried with
+// stop Cablecar from starting. Until keys arrive, an asymmetric token waits
+// for them up to 5s, then is refused with ReasonNoKeys, and Ready says why; the fetch is retried with
 // backoff (up to every 30s) until it gives keys, then refreshed every
 // JWKSRefresh. reg may be nil.
 func NewVerifier(cfg JWTConfig, log zerolog.Logger, reg prometheus.Registerer) (*Verifier, error) {
@@ -280,6 +268,27 @@ func (v *Verifier) Ready(context.Context) error {
 	return v.jwks.ready()
 }
 
+// JWKSStatus is the state of the key set of auth.jwt.jwks_url, for
+// /readyz: "jwks: ok" once Arrived, else "jwks: " and why.
+type JWKSStatus struct {
+	URL     string // jwks_url without credentials
+	Arrived bool   // the first key set with a usable key has arrived
+	Keys    int    // usable keys in the set as last fetched
+	// Err is why the last fetch failed, or why the set it gave is of no
+	// use (no signing keys); nil when it succeeded, or while the first
+	// fetch is under way. Keys once arrived are kept through failures.
+	Err error
+}
+
+// JWKSStatus reports on the key set; ok is false when there is none to
+// report on (no jwks_url, or JWT off).
+func (v *Verifier) JWKSStatus() (s JWKSStatus, ok bool) {
+	if v == nil || v.jwks == nil {
+		return JWKSStatus{}, false
+	}
+	return v.jwks.status(), true
+}
+
 // Close stops fetching keys; Verify keeps working with the keys it has.
 // It is idempotent.
 func (v *Verifier) Close() {
@@ -294,7 +303,12 @@ func (v *Verifier) Close() {
 // iat not in the future (each give or take the leeway), and iss and aud as
 // configured. A token whose kid is unknown makes the key set be fetched
 // again, at most once per 30s: that one call may take up to 3s; the others
-// are refused at once.
+// are refused at once. Before the first key set from jwks_url arrived, an
+// asymmetric token waits for it, up to 5s.
+//
+// A registered claim of the wrong type makes the token malformed: exp, nbf
+// and iat must be numbers, iss a string, aud a string or list of strings,
+// sub a string or a number (null counts as absent).
 func (v *Verifier) Verify(raw string) (Claims, error) {
 	if v == nil {
 		return Claims{}, &VerifyError{Reason: ReasonAlgorithm, Err: errAlgorithm}
@@ -313,9 +327,9 @@ func (v *Verifier) Verify(raw string) (Claims, error) {
 		return Claims{}, v.refuse(v.classify(err, &c))
 	}
 	v.results[resultOK].Inc()
-	out := Claims{JSON: c.raw}
-	if c.ExpiresAt != nil {
-		out.Expires = c.ExpiresAt.Time
+	out := Claims{JSON: c.raw, Subject: c.sub}
+	if c.exp != nil {
+		out.Expires = c.exp.Time
 	}
 	return out, nil
 }
@@ -357,7 +371,7 @@ func (v *Verifier) classify(err error, c *tokenClaims) (reason, error) {
 	}
 	if errors.Is(err, jwt.ErrTokenRequiredClaimMissing) {
 		// iss or aud is missing while configured.
-		if v.issuer != "" && c.Issuer == "" {
+		if v.issuer != "" && c.iss == "" {
 			return resultIssuer, jwt.ErrTokenInvalidIssuer
 		}
 		return resultAudience, jwt.ErrTokenInvalidAudience
@@ -387,318 +401,4 @@ func (v *Verifier) key(t *jwt.Token) (any, error) {
 		return v.jwks.key(t)
 	}
 	return nil, errAlgorithm
-}
-
-// tokenClaims decodes the registered claims for the validator and keeps
-// the payload, compacted, for Claims.JSON.
-type tokenClaims struct {
-	jwt.RegisteredClaims
-	raw json.RawMessage
-}
-
-func (c *tokenClaims) UnmarshalJSON(b []byte) error {
-	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) == 0 || t[0] != '{' {
-		return errors.New("payload is not a JSON object")
-	}
-	if err := json.Unmarshal(b, &c.RegisteredClaims); err != nil {
-		return err
-	}
-	if !bytes.ContainsAny(b, " \t\r\n") {
-		// Already compact, as issuers write it: json.Unmarshal has checked
-		// it, and b is only lent to UnmarshalJSON.
-		c.raw = bytes.Clone(b)
-		return nil
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(b))
-	if err := json.Compact(&buf, b); err != nil {
-		return err
-	}
-	c.raw = buf.Bytes()
-	return nil
-}
-
-// jwks holds the keys of jwks_url. keyfunc and jwkset do the fetching,
-// caching, background refresh and rate-limited refresh on an unknown kid;
-// this adds a start that does not block, retries while there are no keys,
-// metrics, and a size limit on what is read.
-type jwks struct {
-	url      string // as configured
-	safeURL  string // without credentials, for logs and Ready
-	refresh  time.Duration
-	log      zerolog.Logger
-	ctx      context.Context
-	cancel   context.CancelFunc
-	done     chan struct{}
-	closing  sync.Once
-	tr       *http.Transport
-	client   *http.Client
-	store    *keyStore
-	keyfunc  atomic.Pointer[jwt.Keyfunc] // set once the storage exists
-	lastErr  atomic.Pointer[string]      // of the last failed fetch; nil after a good one
-	failures atomic.Int64                // fetches failed in a row
-
-	// Tunables; tests shorten them.
-	fetchTimeout time.Duration // one fetch of the key set
-	retryMin     time.Duration // first wait after a fetch that gave no keys
-	retryMax     time.Duration
-	kidEvery     time.Duration // unknown-kid refreshes at most this often
-	kidWait      time.Duration // a handshake waits at most this for one
-
-	refreshes *prometheus.CounterVec
-	fetchOK   prometheus.Counter
-	fetchErr  prometheus.Counter
-	keysGauge prometheus.Gauge
-}
-
-func newJWKS(rawURL string, refresh time.Duration, log zerolog.Logger) (*jwks, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("auth.jwt.jwks_url: %q is not an http:// or https:// URL", rawURL)
-	}
-	if refresh <= 0 {
-		refresh = defaultJWKSRefresh
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	j := &jwks{
-		url:          rawURL,
-		safeURL:      u.Redacted(),
-		refresh:      refresh,
-		log:          log,
-		done:         make(chan struct{}),
-		tr:           tr,
-		client:       &http.Client{Transport: limitBody{tr, maxJWKSSize}},
-		fetchTimeout: 10 * time.Second,
-		retryMin:     500 * time.Millisecond,
-		retryMax:     30 * time.Second,
-		kidEvery:     30 * time.Second,
-		kidWait:      3 * time.Second,
-		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cablecar_jwks_refreshes_total",
-			Help: "Fetches of the JWT key set (auth.jwt.jwks_url), by outcome (ok, error).",
-		}, []string{"outcome"}),
-		keysGauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "cablecar_jwks_keys",
-			Help: "Keys in the JWT key set as last fetched.",
-		}),
-	}
-	j.fetchOK = j.refreshes.WithLabelValues("ok")
-	j.fetchErr = j.refreshes.WithLabelValues("error")
-	j.store = &keyStore{MemoryJWKSet: jwkset.NewMemoryStorage(), j: j}
-	j.ctx, j.cancel = context.WithCancel(context.Background())
-	return j, nil
-}
-
-func (j *jwks) options() jwkset.HTTPClientStorageOptions {
-	return jwkset.HTTPClientStorageOptions{
-		Client:                    j.client,
-		Ctx:                       j.ctx,
-		HTTPTimeout:               j.fetchTimeout,
-		NoErrorReturnFirstHTTPReq: true,
-		RefreshErrorHandler:       j.fetchFailed,
-		RefreshInterval:           j.refresh,
-		Storage:                   j.store,
-	}
-}
-
-func (j *jwks) start() { go j.run() }
-
-func (j *jwks) run() {
-	defer close(j.done)
-	// The first fetch happens inside NewStorageFromHTTP, which waits for
-	// it: here, not in NewVerifier, so a slow endpoint does not hold up
-	// start-up. It also starts jwkset's refresh goroutine, which ends with
-	// j.ctx.
-	remote, err := jwkset.NewStorageFromHTTP(j.url, j.options())
-	if err == nil {
-		var st jwkset.Storage
-		st, err = jwkset.NewHTTPClient(jwkset.HTTPClientOptions{
-			HTTPURLs:          map[string]jwkset.Storage{j.url: remote},
-			RateLimitWaitMax:  j.kidWait,
-			RefreshUnknownKID: rate.NewLimiter(rate.Every(j.kidEvery), 1),
-		})
-		if err == nil {
-			var kf keyfunc.Keyfunc
-			kf, err = keyfunc.New(keyfunc.Options{
-				Ctx:     j.ctx,
-				Storage: st,
-				// A key published for encryption does not verify signatures.
-				UseWhitelist: []jwkset.USE{jwkset.UseSig, ""},
-			})
-			if err == nil {
-				f := kf.KeyfuncCtx(j.ctx)
-				j.keyfunc.Store(&f)
-			}
-		}
-	}
-	if err != nil {
-		// Not expected: the URL was checked in newJWKS.
-		j.fetchFailed(j.ctx, err)
-		return
-	}
-	j.retry()
-}
-
-// retry fetches again, with backoff and jitter, until a fetch gives keys:
-// jwkset would otherwise wait a whole refresh interval after a failed
-// first fetch. Unknown-kid refreshes are not used for this, so that they
-// stay free for rotations.
-func (j *jwks) retry() {
-	opts := j.options()
-	opts.RefreshInterval = 0 // one fetch, no goroutine
-	wait := j.retryMin
-	for j.store.n.Load() == 0 {
-		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
-		select {
-		case <-j.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		if j.store.n.Load() > 0 {
-			return
-		}
-		// Fetches into j.store; a failure reaches fetchFailed.
-		_, _ = jwkset.NewStorageFromHTTP(j.url, opts)
-		wait = min(2*wait, j.retryMax)
-	}
-}
-
-func (j *jwks) close() {
-	j.closing.Do(func() {
-		j.cancel()
-		<-j.done
-		j.tr.CloseIdleConnections()
-	})
-}
-
-func (j *jwks) ready() error {
-	if j.store.n.Load() > 0 {
-		return nil
-	}
-	if e := j.lastErr.Load(); e != nil {
-		return fmt.Errorf("auth.jwt.jwks_url %s: no keys yet: %s", j.safeURL, *e)
-	}
-	return fmt.Errorf("auth.jwt.jwks_url %s: no keys yet: first fetch in progress", j.safeURL)
-}
-
-// key finds the key of t in the set, through keyfunc (which refreshes the
-// set, rate-limited, when the kid is unknown).
-func (j *jwks) key(t *jwt.Token) (any, error) {
-	f := j.keyfunc.Load()
-	if f == nil {
-		return nil, errNoKeys
-	}
-	k, err := (*f)(t)
-	if err != nil {
-		if j.store.n.Load() == 0 {
-			return nil, errNoKeys
-		}
-		// keyfunc refuses a key whose alg or use does not fit the token,
-		// and a kid it cannot find (or not yet refresh for): tell apart.
-		if kid, ok := t.Header["kid"].(string); ok {
-			if _, e := j.store.KeyRead(j.ctx, kid); e == nil {
-				return nil, errAlgorithm
-			}
-		}
-		return nil, errUnknownKID
-	}
-	if set, ok := k.(jwt.VerificationKeySet); ok && len(set.Keys) == 0 {
-		// No kid, and no key in the set for this alg.
-		if j.store.n.Load() == 0 {
-			return nil, errNoKeys
-		}
-		return nil, errAlgorithm
-	}
-	return k, nil
-}
-
-func (j *jwks) fetchFailed(_ context.Context, err error) {
-	if j.ctx.Err() != nil {
-		return // closing
-	}
-	j.fetchErr.Inc()
-	msg := err.Error()
-	prev := j.lastErr.Swap(&msg)
-	n := j.failures.Add(1)
-	ev := j.log.Debug()
-	if n == 1 || prev == nil || *prev != msg {
-		ev = j.log.Warn()
-	}
-	ev.Str("url", j.safeURL).Str("error", msg).Int64("failures", n).Int64("keys", j.store.n.Load()).
-		Msg("fetching the JWT key set failed; keeping the keys already loaded")
-}
-
-func (j *jwks) fetched(n int) {
-	j.fetchOK.Inc()
-	j.keysGauge.Set(float64(n))
-	j.failures.Store(0)
-	prev := j.store.n.Swap(int64(n))
-	if n == 0 {
-		msg := "the key set at " + j.safeURL + " has no usable signing keys"
-		j.lastErr.Store(&msg)
-		j.log.Warn().Str("url", j.safeURL).Msg("the JWT key set has no usable keys")
-		return
-	}
-	j.lastErr.Store(nil)
-	ev := j.log.Debug()
-	if prev == 0 {
-		ev = j.log.Info()
-	}
-	ev.Str("url", j.safeURL).Int("keys", n).Msg("JWT key set loaded")
-}
-
-// keyStore is jwkset's memory storage, counting keys: jwkset calls
-// KeyReplaceAll once for each successful fetch, and never otherwise here.
-type keyStore struct {
-	*jwkset.MemoryJWKSet
-	j *jwks
-	n atomic.Int64
-}
-
-func (s *keyStore) KeyReplaceAll(ctx context.Context, given []jwkset.JWK) error {
-	err := s.MemoryJWKSet.KeyReplaceAll(ctx, given)
-	s.j.fetched(len(given))
-	return err
-}
-
-var _ jwkset.Storage = (*keyStore)(nil)
-
-// limitBody makes a response body fail once it passes max bytes: jwkset
-// decodes the key set straight from the body.
-type limitBody struct {
-	rt  http.RoundTripper
-	max int64
-}
-
-func (l limitBody) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := l.rt.RoundTrip(r)
-	if err == nil {
-		resp.Body = &limitedBody{ReadCloser: resp.Body, n: l.max}
-	}
-	return resp, err
-}
-
-type limitedBody struct {
-	io.ReadCloser
-	n int64
-}
-
-var errJWKSTooLarge = fmt.Errorf("key set larger than %d bytes", maxJWKSSize)
-
-func (b *limitedBody) Read(p []byte) (int, error) {
-	if b.n <= 0 {
-		// At the limit: fine if the body ends here.
-		var one [1]byte
-		if n, err := b.ReadCloser.Read(one[:]); n == 0 && err != nil {
-			return 0, err
-		}
-		return 0, errJWKSTooLarge
-	}
-	if int64(len(p)) > b.n {
-		p = p[:b.n]
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.n -= int64(n)
-	return n, err
 }

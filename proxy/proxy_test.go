@@ -561,6 +561,14 @@ func TestRedactQuery(t *testing.T) {
 		{"password=x&flag", "password=[FILTERED]&flag"},
 		{"X-Amz-Signature=deadbeef", "X-Amz-Signature=[FILTERED]"},
 		{"%zz=1", "%zz=[FILTERED]"},
+		// ';' separates pairs for some parsers (Rack 2, the W3C's old
+		// advice): a token after one is a token.
+		// To a parser that splits at '&' alone, what follows is value.
+		{"x=1;token=abc", "x=1;token=[FILTERED]"},
+		{"x=1;token=abc;y=2&z=3", "x=1;token=[FILTERED]&z=3"},
+		{"token=abc;x=1&t=2;y", "token=[FILTERED]&t=[FILTERED]"},
+		{"a=1;;%74oken=abc", "a=1;;%74oken=[FILTERED]"},
+		{"a=1;b=2;token&c", "a=1;b=2;token&c"},
 	} {
 		if got := string(redactQuery([]byte(tc.in), extra, nil)); got != tc.want {
 			t.Errorf("redactQuery(%q) = %q, want %q", tc.in, got, tc.want)

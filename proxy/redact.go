@@ -30,17 +30,32 @@ func redactQuery(query []byte, extra map[string]bool, dst []byte) []byte {
 		if i > 0 {
 			dst = append(dst, '&')
 		}
-		name, _, hasValue := bytes.Cut(pair, []byte{'='})
-		if hasValue && isSensitive(name, extra) {
-			dst = append(dst, name...)
-			dst = append(dst, '=')
-			dst = append(dst, filtered...)
-		} else {
-			dst = append(dst, pair...)
-		}
+		dst = redactPair(dst, pair, extra)
 		if !more {
 			return dst
 		}
+	}
+}
+
+// redactPair appends one '&'-separated pair. Some parsers (Rack 2, and the
+// old HTML advice) also split pairs at ';', so x=1;token=… holds a token
+// for them: from a sensitive name after a ';', the rest of the pair is
+// filtered, as it is all value to a parser that splits at '&' alone.
+func redactPair(dst, pair []byte, extra map[string]bool) []byte {
+	for start := 0; ; {
+		piece := pair[start:]
+		end := bytes.IndexByte(piece, ';')
+		if end >= 0 {
+			piece = piece[:end]
+		}
+		if name, _, hasValue := bytes.Cut(piece, []byte{'='}); hasValue && isSensitive(name, extra) {
+			dst = append(dst, pair[:start+len(name)+1]...)
+			return append(dst, filtered...)
+		}
+		if end < 0 {
+			return append(dst, pair...)
+		}
+		start += end + 1
 	}
 }
 

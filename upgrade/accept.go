@@ -296,7 +296,11 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx, log *zerolog.Event) (aut
 		v.QueryParam(), headerValues(h, "Sec-WebSocket-Protocol"))
 	if !found {
 		if v.Required() {
-			s.unauthorized(ctx, "token required", log)
+			// RFC 6750 §3.1: a request without a token gets the challenge
+			// alone; it did not fail, so no error code.
+			ctx.Response.Header.Set("WWW-Authenticate", "Bearer")
+			s.refuse(ctx, fasthttp.StatusUnauthorized, "jwt", "401 Unauthorized: token required",
+				log.Str("jwt", "token required"))
 			return auth.Claims{}, false
 		}
 		return auth.Claims{}, true
@@ -308,12 +312,27 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx, log *zerolog.Event) (aut
 		if errors.As(err, &ve) {
 			reason = ve.Reason
 		}
-		s.unauthorized(ctx, reason, log.Str("token_source", tok.Source.String()))
+		log = log.Str("token_source", tok.Source.String())
+		if reason == auth.ReasonNoKeys {
+			// The key set has not arrived (Verify waited for it): the token
+			// may be good, and a 401 would tell the client to throw it away.
+			ctx.Response.Header.Set("Retry-After", jwksRetryAfter)
+			s.refuse(ctx, fasthttp.StatusServiceUnavailable, "jwks",
+				"503 Service Unavailable: the keys to verify this token have not been fetched yet; try again", log.Str("jwt", reason))
+			return auth.Claims{}, false
+		}
+		s.unauthorized(ctx, reason, log)
 		return auth.Claims{}, false
 	}
 	return claims, true
 }
 
+// jwksRetryAfter is the Retry-After, in seconds, of a handshake that came
+// before the key set: about one more wait for it.
+const jwksRetryAfter = "5"
+
+// unauthorized refuses a token that was found bad. reason is a
+// VerifyError's: a fixed phrase, safe in a header, never the token.
 func (s *Server) unauthorized(ctx *fasthttp.RequestCtx, reason string, log *zerolog.Event) {
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+reason+`"`)
 	s.refuse(ctx, fasthttp.StatusUnauthorized, "jwt", "401 Unauthorized: "+reason, log.Str("jwt", reason))
