@@ -30,7 +30,8 @@ const cablecarPrefix = "cablecar-"
 // stripper finds, in one pass over a header, the hop-by-hop headers, every
 // header a Connection header names, and — for requests — every Cablecar-*
 // header, Cablecar_* too (only Cablecar sets those, so a client must not be
-// able to forge one). Most messages carry none of them: then nothing is copied or deleted.
+// able to forge one). Most messages carry none of them: then nothing is
+// copied or deleted.
 // Request and response headers are walked by two small concrete loops
 // because ranging over All() through an interface moves the iterator's
 // state to the heap on every call.
