@@ -13,11 +13,13 @@ module Cablecar
   #   GET <path and query>\n<Cablecar-Connection-Id>\n<Cablecar-Claims or empty>
   #
   # so that the connection id and the claims the app trusts are Cablecar's
-  # word: an accept replayed at the app, or one that carries a claims header
-  # Cablecar did not set, does not verify. Cablecar adds one v1 entry per secret it holds, and the
-  # app may hold several too: any entry matching any secret passes, so a
-  # secret is rotated by giving both sides the new one first, then dropping
-  # the old one.
+  # word: an accept replayed at the app with other claims, or one that
+  # carries a claims header Cablecar did not set, does not verify.
+  #
+  # Cablecar adds one v1 entry per secret it holds, and the app may hold
+  # several too: any entry matching any secret passes, so a secret is
+  # rotated by giving both sides the new one first, then dropping the old
+  # one.
   module Signature
     HEADER = "Cablecar-Signature"
     DEFAULT_TOLERANCE = 300 # seconds either side of now
