@@ -16,8 +16,8 @@ const SignatureHeader = "Cablecar-Signature"
 // Signer signs the requests Cablecar sends the app (SPEC §6):
 // "t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<payload>">", with one v1
 // entry per secret so that the app can rotate its secret without downtime.
-// The payload is the request body for a POST and "GET <path and query>"
-// for the accept GET. A Signer with no secrets signs nothing.
+// The payload is the request body for a POST and AcceptPayload for the
+// accept GET. A Signer with no secrets signs nothing.
 type Signer struct {
 	secrets [][]byte
 }
@@ -53,6 +53,27 @@ func (s *Signer) Sign(t time.Time, payload []byte) string {
 		b.WriteString(hex.EncodeToString(mac(sec, ts, payload)))
 	}
 	return b.String()
+}
+
+// AcceptPayload is what the accept GET's signature covers in place of a
+// body (SPEC §6):
+//
+//	GET <path and query>\n<Cablecar-Connection-Id>\n<Cablecar-Claims or empty>
+//
+// The connection id and the claims are in it because the app trusts them
+// as Cablecar's word: a request to the app that carries them (a client
+// that found a way past the header stripping, or someone replaying a
+// captured accept at the app) must not pass with values of its own
+// choosing. A header value holds no newline, so the three parts cannot be
+// shifted into one another.
+func AcceptPayload[T string | []byte](pathAndQuery, connID, claims T) []byte {
+	b := make([]byte, 0, len("GET \n\n")+len(pathAndQuery)+len(connID)+len(claims))
+	b = append(b, "GET "...)
+	b = append(b, pathAndQuery...)
+	b = append(b, '\n')
+	b = append(b, connID...)
+	b = append(b, '\n')
+	return append(b, claims...)
 }
 
 func mac(secret []byte, ts string, payload []byte) []byte {

@@ -27,8 +27,9 @@ func TestSignVerify(t *testing.T) {
 	if err := s.Verify(h, body, now, tolerance); err != nil {
 		t.Errorf("Verify(%q): %v", h, err)
 	}
-	// The accept GET signs its request line in place of a body.
-	get := []byte("GET /chat?room=1")
+	// The accept GET signs its request line, connection id and claims in
+	// place of a body.
+	get := AcceptPayload("/chat?room=1", "c_1", `{"sub":"42"}`)
 	if err := s.Verify(s.Sign(now, get), get, now, tolerance); err != nil {
 		t.Errorf("Verify of a GET: %v", err)
 	}
@@ -45,6 +46,46 @@ func TestSignFormat(t *testing.T) {
 	m.Write([]byte("1700000000." + string(body)))
 	if want := "t=1700000000,v1=" + hex.EncodeToString(m.Sum(nil)); h != want {
 		t.Errorf("Sign = %q, want %q", h, want)
+	}
+}
+
+// The accept's payload is pinned byte for byte: the gem builds it on its
+// own from SPEC §6.
+func TestAcceptPayload(t *testing.T) {
+	for _, tt := range []struct{ uri, id, claims, want string }{
+		{"/chat?room=1", "c_1", `{"sub":"42"}`, "GET /chat?room=1\nc_1\n{\"sub\":\"42\"}"},
+		{"/", "c_2", "", "GET /\nc_2\n"},
+	} {
+		if got := string(AcceptPayload(tt.uri, tt.id, tt.claims)); got != tt.want {
+			t.Errorf("AcceptPayload(%q, %q, %q) = %q, want %q", tt.uri, tt.id, tt.claims, got, tt.want)
+		}
+		if got := string(AcceptPayload([]byte(tt.uri), []byte(tt.id), []byte(tt.claims))); got != tt.want {
+			t.Errorf("AcceptPayload of bytes = %q, want %q", got, tt.want)
+		}
+	}
+}
+
+// A captured accept signature does not pass for other claims, for no
+// claims, or for another connection.
+func TestAcceptSignatureCoversIDAndClaims(t *testing.T) {
+	s := NewSigner([]string{"s3cret"})
+	h := s.Sign(now, AcceptPayload("/chat", "c_1", `{"sub":"7"}`))
+	if err := s.Verify(h, AcceptPayload("/chat", "c_1", `{"sub":"7"}`), now, tolerance); err != nil {
+		t.Fatalf("Verify of the accept as signed: %v", err)
+	}
+	for _, forged := range [][3]string{
+		{"/chat", "c_1", `{"sub":"42"}`},
+		{"/chat", "c_1", ""},
+		{"/chat", "c_2", `{"sub":"7"}`},
+		{"/chat\nc_1", "", `{"sub":"7"}`},
+	} {
+		if err := s.Verify(h, AcceptPayload(forged[0], forged[1], forged[2]), now, tolerance); !errors.Is(err, ErrBadSignature) {
+			t.Errorf("Verify of %q = %v, want ErrBadSignature", forged, err)
+		}
+	}
+	unclaimed := s.Sign(now, AcceptPayload("/chat", "c_1", ""))
+	if err := s.Verify(unclaimed, AcceptPayload("/chat", "c_1", `{"sub":"42"}`), now, tolerance); !errors.Is(err, ErrBadSignature) {
+		t.Errorf("claims added to an accept signed without any: %v, want ErrBadSignature", err)
 	}
 }
 

@@ -196,9 +196,11 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // InFlight returns the number of event requests in flight.
 func (c *Client) InFlight() int { return int(c.inFlight.Load()) }
 
-// Accept signs req (payload "GET <path and query>", SPEC §6) and sends it
-// to the app, filling resp. req is fully prepared by the caller (method,
-// URI, headers incl. Host). One attempt, no retry.
+// Accept signs req (payload auth.AcceptPayload: "GET <path and
+// query>\n<connection id>\n<claims or empty>", SPEC §6) and sends it to
+// the app, filling resp. req is fully prepared by the caller (method, URI,
+// headers incl. Host, Cablecar-Connection-Id and Cablecar-Claims). One
+// attempt, no retry.
 //
 // Errors wrap ErrUnreachable (dial failed or refused: the caller answers
 // 503) or ErrTimeout (504); any other error is a broken answer (502-ish,
@@ -209,14 +211,13 @@ func (c *Client) Accept(req *fasthttp.Request, resp *fasthttp.Response) error {
 		req.Header.SetHost(c.host)
 	}
 	if c.signer.Enabled() {
-		// Sign exactly the request line fasthttp will write: the path as
-		// given (normalizing is off) and the query.
+		// Sign exactly the request target fasthttp will write (the path as
+		// given: normalizing is off), and the id and claims headers as the
+		// app will read them.
 		uri := req.URI()
 		uri.DisablePathNormalizing = true
-		payload := make([]byte, 0, 64)
-		payload = append(payload, req.Header.Method()...)
-		payload = append(payload, ' ')
-		payload = append(payload, uri.RequestURI()...)
+		payload := auth.AcceptPayload(uri.RequestURI(),
+			req.Header.Peek("Cablecar-Connection-Id"), req.Header.Peek("Cablecar-Claims"))
 		req.Header.Set(auth.SignatureHeader, c.signer.Sign(time.Now(), payload))
 	} else {
 		// Only Cablecar signs; a client's own header must not pass for one.

@@ -30,7 +30,8 @@ func TestAccept(t *testing.T) {
 	secret := "accept-secret"
 	var sigErr error
 	app := startApp(t, func(r *appReq) answer {
-		sigErr = auth.NewSigner([]string{secret}).Verify(r.header.Get("Cablecar-Signature"), []byte("GET "+r.uri), time.Now(), time.Minute)
+		payload := auth.AcceptPayload(r.uri, r.header.Get("Cablecar-Connection-Id"), r.header.Get("Cablecar-Claims"))
+		sigErr = auth.NewSigner([]string{secret}).Verify(r.header.Get("Cablecar-Signature"), payload, time.Now(), time.Minute)
 		if r.header.Get("Cookie") != "session=s3cr3t" {
 			return answer{status: 401, header: map[string]string{"WWW-Authenticate": "Bearer"}, body: "no"}
 		}
@@ -45,6 +46,15 @@ func TestAccept(t *testing.T) {
 	}
 	if sigErr != nil {
 		t.Errorf("signature: %v", sigErr)
+	}
+	// The claims are signed with the rest (SPEC §6).
+	req, resp = acceptRequest("/chat?room=1", "example.com")
+	req.Header.Set("Cablecar-Claims", `{"sub":"7","name":"Ada"}`)
+	if err := c.Accept(req, resp); err != nil {
+		t.Fatal(err)
+	}
+	if sigErr != nil {
+		t.Errorf("signature of an accept with claims: %v", sigErr)
 	}
 	r := app.requests()[0]
 	if r.uri != "/chat/../a//b?room=1&x=%2F" || r.host != "example.com" || r.method != "GET" {

@@ -439,7 +439,7 @@ var jwtHMACTests = map[string]func(*testing.T, *jwtHMACEnv){
 				}
 				noTokenAt(t, "accept", a, tok, allowed...)
 				sig, _ := a.Header("Cablecar-Signature")
-				verifySignature(t, "accept request (signed over what the app sees)", sig, []byte("GET "+a.PathAndQuery()))
+				verifySignature(t, "accept request (signed over what the app sees)", sig, acceptPayload(a.PathAndQuery(), a))
 
 				if source == "protocol" {
 					if got := ws.Conn.Subprotocol(); got != "chat.v1" {

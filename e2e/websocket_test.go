@@ -172,7 +172,7 @@ var wsAcceptTests = map[string]func(*testing.T, *wsEnv){
 			t.Errorf("accept request has Connection: %q", v)
 		}
 		sig, _ := a.Header("Cablecar-Signature")
-		verifySignature(t, "accept request", sig, []byte("GET "+tgt))
+		verifySignature(t, "accept request", sig, acceptPayload(tgt, a))
 		// Not in the contract either way; shown for whoever reads the run.
 		xff, _ := a.Header("X-Forwarded-For")
 		t.Logf("accept request X-Forwarded-For %q; 101 headers %v", xff, resp.Header)
@@ -281,7 +281,7 @@ var wsAcceptTests = map[string]func(*testing.T, *wsEnv){
 			payload      []byte
 		}
 		sig, _ := l.Accepts[0].Header("Cablecar-Signature")
-		all := []signed{{"accept", sig, []byte("GET " + l.Accepts[0].PathAndQuery())}}
+		all := []signed{{"accept", sig, acceptPayload(l.Accepts[0].PathAndQuery(), l.Accepts[0])}}
 		for i, b := range l.Batches {
 			sig, _ := b.Header("Cablecar-Signature")
 			all = append(all, signed{fmt.Sprintf("webhook %d", i+1), sig, []byte(b.Raw)})

@@ -29,8 +29,9 @@ const cablecarPrefix = "cablecar-"
 
 // stripper finds, in one pass over a header, the hop-by-hop headers, every
 // header a Connection header names, and — for requests — every Cablecar-*
-// header (only Cablecar sets those, so a client must not be able to forge
-// one). Most messages carry none of them: then nothing is copied or deleted.
+// header, Cablecar_* too (only Cablecar sets those, so a client must not be
+// able to forge one). Most messages carry none of them: then nothing is
+// copied or deleted.
 // Request and response headers are walked by two small concrete loops
 // because ranging over All() through an interface moves the iterator's
 // state to the heap on every call.
@@ -48,7 +49,7 @@ func (s *stripper) see(k, v []byte, cablecar bool) {
 		}
 		return
 	}
-	if cablecar && hasPrefixFold(k, cablecarPrefix) {
+	if cablecar && cablecarName(k) {
 		s.extra = append(s.extra, append([]byte(nil), k...))
 	}
 }
@@ -117,21 +118,34 @@ func appendConnectionTokens(dst [][]byte, v []byte, lower *[24]byte) [][]byte {
 	return dst
 }
 
-func hasPrefixFold(b []byte, prefix string) bool {
-	if len(b) < len(prefix) {
+// cablecarName reports whether a header name is one of Cablecar's own
+// (SPEC §1): it starts with "cablecar-" in any case, with "_" read as "-".
+// Rack servers upcase a name and turn "-" into "_" for the env, so
+// Cablecar_Claims and Cablecar-Claims both arrive as HTTP_CABLECAR_CLAIMS;
+// a client must be able to forge neither.
+func cablecarName[T string | []byte](name T) bool {
+	if len(name) < len(cablecarPrefix) {
 		return false
 	}
-	for i := 0; i < len(prefix); i++ {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
+	for i := 0; i < len(cablecarPrefix); i++ {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
 		}
-		if c != prefix[i] {
+		if c != cablecarPrefix[i] {
 			return false
 		}
 	}
 	return true
 }
+
+// IsCablecarHeader reports whether name is one only Cablecar may set on a
+// request to the app, whatever its case and whichever of "-" and "_" it
+// uses.
+func IsCablecarHeader(name string) bool { return cablecarName(name) }
 
 // setForwarded writes X-Forwarded-For (appended to), -Proto and -Host. The
 // Proto and Host a client sent are kept only when the peer is a trusted

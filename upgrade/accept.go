@@ -204,7 +204,8 @@ func (s *Server) relay(ctx *fasthttp.RequestCtx, resp *fasthttp.Response) {
 
 // eventHeaders are set on every event request of the connection: the
 // handshake's Host and X-Forwarded-* (as the accept request had them, so
-// the app sees one client either way) and callback.forward_headers.
+// the app sees one client either way) and callback.forward_headers, save
+// any Cablecar-* or Cablecar_* name listed there (SPEC §1).
 func (s *Server) eventHeaders(h *fasthttp.RequestHeader) [][2]string {
 	var out [][2]string
 	if host := h.Host(); len(host) > 0 {
@@ -216,6 +217,9 @@ func (s *Server) eventHeaders(h *fasthttp.RequestHeader) [][2]string {
 		}
 	}
 	for _, name := range s.cfg.ForwardHeaders {
+		if proxy.IsCablecarHeader(name) {
+			continue // Cablecar sets its own headers on each request itself
+		}
 		for _, v := range h.PeekAll(name) {
 			out = append(out, [2]string{name, string(v)})
 		}

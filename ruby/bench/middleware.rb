@@ -58,7 +58,8 @@ measure("accept (signed GET)", N) do
   env["REQUEST_URI"] = accept_path
   env["HTTP_CABLECAR_UPGRADE"] = "websocket"
   env["HTTP_CABLECAR_CONNECTION_ID"] = "c_benchnodAAAAAAAAAAAAAAAA"
-  env["HTTP_CABLECAR_SIGNATURE"] = Cablecar::Signature.sign(SECRET, "GET #{accept_path}")
+  env["HTTP_CABLECAR_SIGNATURE"] =
+    Cablecar::Signature.sign(SECRET, Cablecar::Signature.accept_payload(accept_path, env["HTTP_CABLECAR_CONNECTION_ID"], nil))
   env.merge(__run: -> { app.call(env) })
 end
 

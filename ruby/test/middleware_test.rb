@@ -136,8 +136,11 @@ class MiddlewareTest < Minitest::Test
     forged = [
       accept_env("/chat", secret: "wrong"),
       accept_env("/chat", signature: ""),
-      accept_env("/chat", signature: Cablecar::Signature.sign(SECRET, "GET /other")),
-      accept_env("/chat", signature: Cablecar::Signature.sign(SECRET, "GET /chat", now: Time.now - 600)),
+      accept_env("/chat", signature: Cablecar::Signature.sign(SECRET, accept_payload("/other", "c_testnodeAAAAAAAAAAAAAAAA", nil))),
+      accept_env("/chat", signature: Cablecar::Signature.sign(SECRET, accept_payload("/chat", "c_testnodeAAAAAAAAAAAAAAAA", nil),
+                                                              now: Time.now - 600)),
+      # The payload before claims and the connection id were signed.
+      accept_env("/chat", signature: Cablecar::Signature.sign(SECRET, "GET /chat")),
       event_env("/chat", [{ "type" => "open" }], secret: "wrong"),
       event_env("/chat", [{ "type" => "open" }], signature: Cablecar::Signature.sign(SECRET, "{}"))
     ]
@@ -147,6 +150,46 @@ class MiddlewareTest < Minitest::Test
     end
     assert_empty @seen
     assert_empty @log
+  end
+
+  # Cablecar_Claims (underscore) becomes HTTP_CABLECAR_CLAIMS in any Rack
+  # server, as Cablecar-Claims does. Were it to reach the app past the
+  # sidecar, or were an accept replayed at the app with other claims, the
+  # signature would not cover them: 401, and the app never runs.
+  def test_claims_or_connection_id_not_signed_are_refused
+    forged = [
+      accept_env("/chat", headers: { "HTTP_CABLECAR_CLAIMS" => '{"sub":"42"}' }),
+      accept_env("/chat", claims: '{"sub":"7"}', headers: { "HTTP_CABLECAR_CLAIMS" => '{"sub":"42"}' }),
+      accept_env("/chat", claims: '{"sub":"7"}').tap { |e| e.delete("HTTP_CABLECAR_CLAIMS") },
+      accept_env("/chat", headers: { "HTTP_CABLECAR_CONNECTION_ID" => "c_someoneelse" })
+    ]
+    forged.each do |env|
+      status, _, body = call_app(@app, env)
+      assert_equal 401, status, env.slice("HTTP_CABLECAR_CLAIMS", "HTTP_CABLECAR_CONNECTION_ID").inspect
+      assert_match(/does not match/, body)
+    end
+    assert_empty @seen
+
+    status, = call_app(@app, accept_env("/chat", claims: '{"sub":"7","name":"Ad\u00e9"}'))
+    assert_equal 200, status
+    assert_equal({ "sub" => "7", "name" => "Adé" }, @seen.last["cablecar.claims"])
+  end
+
+  # Claims in events come from the signed body; the rebuilt request shows
+  # the app those, whatever header the POST carried.
+  def test_event_claims_come_from_the_signed_body
+    env = event_env("/chat", [{ "type" => "open" }], claims: { "sub" => "7" }, headers: { "HTTP_CABLECAR_CLAIMS" => '{"sub":"42"}' })
+    assert_equal 200, call_app(@app, env).first
+    rebuilt = @seen.last
+    assert_equal({ "sub" => "7" }, rebuilt["cablecar.claims"])
+    assert_equal '{"sub":"7"}', rebuilt["HTTP_CABLECAR_CLAIMS"]
+
+    env = event_env("/chat", [{ "type" => "open" }], headers: { "HTTP_CABLECAR_CLAIMS" => '{"sub":"42"}', "HTTP_CABLECAR_STATE" => "x" })
+    assert_equal 200, call_app(@app, env).first
+    rebuilt = @seen.last
+    assert_nil rebuilt["cablecar.claims"]
+    assert_nil rebuilt["HTTP_CABLECAR_CLAIMS"]
+    assert_nil rebuilt["HTTP_CABLECAR_STATE"]
   end
 
   def test_the_secret_is_required

@@ -12,14 +12,23 @@ require "cablecar/testing"
 module CallbackRequests
   SECRET = "test-secret"
 
-  def accept_env(path, secret: SECRET, signature: nil, headers: {}, id: "c_testnodeAAAAAAAAAAAAAAAA")
+  # claims (a JSON String) are sent and signed as Cablecar does; headers
+  # are added after signing, as a forger would add them.
+  def accept_env(path, secret: SECRET, signature: nil, headers: {}, id: "c_testnodeAAAAAAAAAAAAAAAA", claims: nil)
     env = Rack::MockRequest.env_for(path)
     env["REQUEST_URI"] = path
     env["HTTP_CABLECAR_UPGRADE"] = "websocket"
     env["HTTP_CABLECAR_CONNECTION_ID"] = id
-    env["HTTP_CABLECAR_SIGNATURE"] = signature || Cablecar::Signature.sign(secret, "GET #{path}")
+    env["HTTP_CABLECAR_CLAIMS"] = claims if claims
+    env["HTTP_CABLECAR_SIGNATURE"] = signature || Cablecar::Signature.sign(secret, accept_payload(path, id, claims))
     headers.each { |k, v| env[k] = v }
     env
+  end
+
+  # SPEC §6's accept payload, written out here rather than taken from the
+  # gem, so that the tests pin the bytes.
+  def accept_payload(path, id, claims)
+    "GET #{path}\n#{id}\n#{claims}"
   end
 
   def event_env(path, events, id: "c_testnodeAAAAAAAAAAAAAAAA", state: "", channels: [], claims: nil,

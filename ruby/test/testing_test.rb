@@ -59,6 +59,7 @@ class TestingKitTest < Minitest::Test
         return [200, {}, ["page"]] unless env["rack.upgrade?"] == :websocket
         return [400, {}, ["bad room"]] if env["PATH_INFO"] == "/rooms/"
         return [401, {}, ["log in first"]] if env["PATH_INFO"] == "/private"
+        return [403, {}, ["not Ada"]] if env["PATH_INFO"] == "/ada" && env["cablecar.claims"]&.fetch("name", nil) != "Adé"
 
         env["rack.upgrade"] = env["PATH_INFO"].start_with?("/rooms/") ? Room.new(env) : UglyChat.new(env)
         [0, {}, []]
@@ -109,6 +110,13 @@ class TestingKitTest < Minitest::Test
     assert_rejected 400, conn
     refute conn.open?
     assert_rejected 401, connect("/private") # the app's own 401 is a refusal, not a signature problem
+  end
+
+  # The kit signs claims into the accept as Cablecar does (SPEC §6); the
+  # middleware would refuse them otherwise.
+  def test_claims_are_signed_and_reach_the_app
+    assert_accepted connect("/ada", claims: { "sub" => 7, "name" => "Adé" })
+    assert_rejected 403, connect("/ada")
   end
 
   def test_failures_are_reported

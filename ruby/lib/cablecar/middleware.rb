@@ -35,7 +35,9 @@ module Cablecar
   # next: what a connection needs to remember goes in client.state.
   #
   # Both kinds of request must carry a valid Cablecar-Signature; any other
-  # gets 401 and never reaches the app.
+  # gets 401 and never reaches the app. The accept's covers its path and
+  # query, Cablecar-Connection-Id and Cablecar-Claims, so the claims in
+  # env["cablecar.claims"] are always the ones Cablecar verified.
   class Middleware
     EMPTY = [].freeze
     # Rack's memos of a parsed body: the rebuilt GET has none.
@@ -80,11 +82,12 @@ module Cablecar
     def accept(env)
       return plain(400, "Cablecar-Upgrade must be websocket on a GET\n") unless env["REQUEST_METHOD"] == "GET" && env["HTTP_CABLECAR_UPGRADE"] == "websocket"
 
-      if (refusal = verify(env, "GET #{request_target(env)}"))
+      # The id and claims read below are the ones the signature covers.
+      id = env["HTTP_CABLECAR_CONNECTION_ID"].to_s
+      if (refusal = verify(env, Signature.accept_payload(request_target(env), id, env["HTTP_CABLECAR_CLAIMS"])))
         return refusal
       end
 
-      id = env["HTTP_CABLECAR_CONNECTION_ID"].to_s
       claims = parse_claims(env["HTTP_CABLECAR_CLAIMS"])
       client = Client.new(id: id, env: env, claims: claims, accepting: true)
       upgrade_env!(env, id, claims, client, event: false)
@@ -137,7 +140,7 @@ module Cablecar
 
       claims = conn["claims"].is_a?(Hash) ? conn["claims"] : nil
       client = nil
-      rebuilt = rebuild_env(env) do |e|
+      rebuilt = rebuild_env(env, claims) do |e|
         client = Client.new(id: id, env: e, state: conn["state"], channels: Array(conn["channels"]), claims: claims)
         upgrade_env!(e, id, claims, client, event: true)
       end
@@ -199,13 +202,16 @@ module Cablecar
     end
 
     # The accept's request again, as the app saw it: the event POST's env,
-    # made a GET without a body.
-    def rebuild_env(env)
+    # made a GET without a body. Of Cablecar's headers only the connection
+    # id (checked against the signed body) stays, and the claims are the
+    # signed body's: nothing unsigned passes for Cablecar's word.
+    def rebuild_env(env, claims)
       e = env.dup
       BODY_MEMOS.each { |k| e.delete(k) }
       e.delete("CONTENT_TYPE")
       e.delete("CONTENT_LENGTH")
-      e.delete("HTTP_CABLECAR_SIGNATURE")
+      e.delete_if { |k, _| k.start_with?("HTTP_CABLECAR_") && k != "HTTP_CABLECAR_CONNECTION_ID" }
+      e["HTTP_CABLECAR_CLAIMS"] = JSON.generate(claims) if claims
       e.delete("rack.upgrade")
       e.delete("upgrade.websocket")
       e["REQUEST_METHOD"] = "GET"

@@ -7,11 +7,19 @@ module Cablecar
   #
   #   t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<payload>">[,v1=…]
   #
-  # The payload is the body of an event POST, and "GET <path and query>" for
-  # the accept GET. Cablecar adds one v1 entry per secret it holds, and the
-  # app may hold several too: any entry matching any secret passes, so a
-  # secret is rotated by giving both sides the new one first, then dropping
-  # the old one.
+  # The payload is the body of an event POST, and for the accept GET
+  # (accept_payload):
+  #
+  #   GET <path and query>\n<Cablecar-Connection-Id>\n<Cablecar-Claims or empty>
+  #
+  # so that the connection id and the claims the app trusts are Cablecar's
+  # word: an accept replayed at the app with other claims, or one that
+  # carries a claims header Cablecar did not set, does not verify.
+  #
+  # Cablecar adds one v1 entry per secret it holds, and the app may hold
+  # several too: any entry matching any secret passes, so a secret is
+  # rotated by giving both sides the new one first, then dropping the old
+  # one.
   module Signature
     HEADER = "Cablecar-Signature"
     DEFAULT_TOLERANCE = 300 # seconds either side of now
@@ -25,6 +33,13 @@ module Cablecar
     def secrets(value)
       list = value.is_a?(Array) ? value : value.to_s.split(",")
       list.map { |s| s.to_s.strip }.reject(&:empty?)
+    end
+
+    # The accept GET's payload, from the request target and the two
+    # headers as the app received them (nil is empty). Bytes, whatever the
+    # server's string encodings.
+    def accept_payload(target, connection_id, claims)
+      String.new("GET ", encoding: Encoding::BINARY) << target.to_s.b << "\n" << connection_id.to_s.b << "\n" << claims.to_s.b
     end
 
     def sign(secrets, payload, now: Time.now)

@@ -240,7 +240,10 @@ module Cablecar
         env["HTTP_CABLECAR_UPGRADE"] = "websocket"
         env["HTTP_CABLECAR_CONNECTION_ID"] = @id
         env["HTTP_CABLECAR_CLAIMS"] = JSON.generate(@claims) if @claims
-        env["HTTP_CABLECAR_SIGNATURE"] = Signature.sign(@secret, "GET #{@path}") if @secret
+        if @secret
+          payload = Signature.accept_payload(@path, @id, env["HTTP_CABLECAR_CLAIMS"])
+          env["HTTP_CABLECAR_SIGNATURE"] = Signature.sign(@secret, payload)
+        end
         @status, @headers, @body = call(env)
         unauthorized!(@body) if @status == 401
         return self unless @status.between?(200, 299) && @headers["cablecar-accept"] == "websocket"
