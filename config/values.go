@@ -366,6 +366,12 @@ func checkHeaderName(s string) error {
 			return errors.New("is not a header name")
 		}
 	}
+	// Cablecar-* headers are Cablecar's own (SPEC §1): a client's are
+	// stripped, so forwarding one could only copy Cablecar's accept
+	// headers onto events.
+	if n := strings.ToLower(strings.ReplaceAll(s, "_", "-")); strings.HasPrefix(n, "cablecar-") {
+		return errors.New("is a Cablecar header: Cablecar sets those itself and never forwards them")
+	}
 	return nil
 }
 
