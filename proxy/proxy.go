@@ -266,15 +266,21 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, ex *e
 // or for a client whose body broke off: 400, or 408 when it went silent.
 func (p *Proxy) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 	f := classify(err)
-	if f == failBodyTimeout {
-		// The client's doing, not the app's: fasthttp closed the app
-		// connection when writing the body failed, so Puma drops the
-		// half-received request and the pool has the slot back.
-		p.metrics.clientLimits[limitBodyTimeout].Inc()
-		p.log.Info().Str("reason", f.reason).Dur("client_body_timeout", p.cfg.bodyTimeout()).
+	switch f {
+	case failBodyTimeout, failBadRequest:
+		// The client's doing, not the app's, so not a warning a client
+		// could fill the log with. fasthttp closed the app connection
+		// when writing the body failed: Puma drops the half-received
+		// request and the pool has the slot back.
+		if f == failBodyTimeout {
+			p.metrics.clientLimits[limitBodyTimeout].Inc()
+		} else {
+			p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
+		}
+		p.log.Info().Str("reason", f.reason).Err(err).Dur("client_body_timeout", p.cfg.bodyTimeout()).
 			Bytes("request_id", ex.requestID).Stringer("remote", ex.remote).
-			Msg("request body stopped arriving; cut")
-	} else {
+			Msg("request body cut short by the client")
+	default:
 		p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
 		p.log.Warn().Str("reason", f.reason).Err(err).
 			Str("upstream", p.cfg.upstreamName()).Bytes("request_id", ex.requestID).
