@@ -186,7 +186,13 @@ func retryStale(_ *fasthttp.Request, attempts int, err error) (resetTimeout, ret
 	if attempts > 1 {
 		return false, false
 	}
-	return false, errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+	return false, connLost(err)
+}
+
+// connLost reports a connection the app closed before it answered: a
+// stale keep-alive connection, or an app that died.
+func connLost(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
@@ -232,6 +238,12 @@ func (c *Client) Accept(req *fasthttp.Request, resp *fasthttp.Response) error {
 	switch status := resp.StatusCode(); {
 	case err != nil:
 		o = errOutcome(err)
+		if o == outcomeFailed && connLost(err) {
+			// Right after the app died every pooled connection fails
+			// so, and the one retry may meet another before a dial is
+			// tried: the app is unreachable (503), as a refused dial says.
+			o = outcomeUnreachable
+		}
 	case status >= 500:
 		o = outcomeFailed
 	case status < 200 || status >= 300:

@@ -12,7 +12,14 @@ type metrics struct {
 	durations      [6]prometheus.Observer // same index
 	upstreamErrors *prometheus.CounterVec
 	dials          prometheus.Counter
+	clientLimits   [2]prometheus.Counter // by limit, indexed by limitBodyTimeout, limitTooManyConns
 }
+
+// The client limits of SPEC §5 "Slow uploads", as clientLimits indexes.
+const (
+	limitBodyTimeout = iota
+	limitTooManyConns
+)
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -35,6 +42,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Connections opened to the app; far fewer than requests while keep-alive pooling works.",
 		}),
 	}
+	limits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_proxy_client_limits_total",
+		Help: "Requests cut or refused so that no client can hold the app's connections: body_timeout (the body sent nothing for proxy.client_body_timeout; 408), too_many_conns (the client address held proxy.max_conns_per_client app connections; 503).",
+	}, []string{"limit"})
+	m.clientLimits[limitBodyTimeout] = limits.WithLabelValues("body_timeout")
+	m.clientLimits[limitTooManyConns] = limits.WithLabelValues("too_many_conns")
 	for i := range m.requests {
 		code := "other"
 		if i > 0 {
@@ -46,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"unreachable", "timeout", "busy", "bad_response", "bad_request"} {
 		m.upstreamErrors.WithLabelValues(r)
 	}
-	reg.MustRegister(requests, durations, m.upstreamErrors, m.dials)
+	reg.MustRegister(requests, durations, m.upstreamErrors, m.dials, limits)
 	return m
 }
 

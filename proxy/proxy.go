@@ -39,9 +39,25 @@ type Config struct {
 	MaxConns          int           // connections to the app at most
 	TrustedProxies    []netip.Prefix
 	HealthPath        string // "" = /readyz only dials the app
+	// ClientBodyTimeout cuts a request body that sends nothing for this
+	// long, measured between reads (nginx's client_body_timeout); 0 means
+	// ClientIdleTimeout.
+	ClientBodyTimeout time.Duration
+	// MaxConnsPerClient caps the app connections one client address holds
+	// at once; 0 means no cap. The config package passes the effective
+	// value (a quarter of MaxConns unless set).
+	MaxConnsPerClient int
 	// SensitiveParams are query parameters whose values never reach a log
 	// line, on top of the built-in list (token, secret, password…).
 	SensitiveParams []string
+}
+
+// bodyTimeout is the silence a request body is allowed between reads.
+func (c Config) bodyTimeout() time.Duration {
+	if c.ClientBodyTimeout > 0 {
+		return c.ClientBodyTimeout
+	}
+	return c.ClientIdleTimeout
 }
 
 func (c Config) upstreamName() string {
@@ -60,6 +76,7 @@ type Proxy struct {
 	health    *http.Client
 	metrics   *metrics
 	sensitive map[string]bool
+	limiter   *clientLimiter
 
 	// OnUpgrade serves WebSocket handshakes. Nil until WebSocket support is
 	// built: such requests are then refused with 501, never half-proxied.
@@ -74,6 +91,7 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Proxy {
 		dialer:    &net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
 		metrics:   newMetrics(reg),
 		sensitive: sensitiveSet(cfg.SensitiveParams),
+		limiter:   newClientLimiter(cfg.MaxConnsPerClient),
 	}
 	p.client = newUpstreamClient(cfg, p.dialer, p.metrics.dials.Inc)
 	p.health = newHealthClient(cfg, p.dialer)
@@ -84,8 +102,20 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Proxy {
 // pass-through depends on: request bodies streamed once they pass 64 KiB,
 // multipart bodies not parsed, no headers of its own added to responses.
 func NewServer(cfg Config, handler fasthttp.RequestHandler, log zerolog.Logger) *fasthttp.Server {
+	bodyTimeout := cfg.bodyTimeout()
 	return &fasthttp.Server{
-		Handler:                      handler,
+		Handler: handler,
+		// fasthttp reads up to 8 KiB of a body before the handler runs,
+		// under the read deadline it set for the headers
+		// (client_idle_timeout). A body that stalls there is cut after
+		// client_body_timeout instead, with fasthttp's own 408; from the
+		// handler on, requestBody measures the silence between reads.
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			if n := h.ContentLength(); n > 0 || n == -1 {
+				return fasthttp.RequestConfig{ReadTimeout: bodyTimeout}
+			}
+			return fasthttp.RequestConfig{}
+		},
 		ReadBufferSize:               maxHeaderBytes,
 		WriteBufferSize:              16 << 10,
 		StreamRequestBody:            true,
@@ -107,7 +137,30 @@ func (p *Proxy) Close() { p.client.CloseIdleConnections() }
 
 // ServeHTTP is the fasthttp handler for the front listener.
 func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
-	if IsWebSocketUpgrade(&ctx.Request.Header) {
+	h := &ctx.Request.Header
+	if len(h.Host()) == 0 {
+		// HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 did not, but
+		// without one the app cannot tell which site was meant.
+		p.refuse(ctx, fasthttp.StatusBadRequest, "no_host", "400 Bad Request: the request has no Host header\n")
+		return
+	}
+	if framingConflict(h) {
+		ctx.SetConnectionClose()
+		p.refuse(ctx, fasthttp.StatusBadRequest, "framing",
+			"400 Bad Request: Content-Length and Transfer-Encoding may not be sent together\n")
+		return
+	}
+	client := p.clientAddr(remoteAddr(ctx), h)
+	if !p.limiter.acquire(client) {
+		p.metrics.clientLimits[limitTooManyConns].Inc()
+		ctx.Response.Header.Set("Retry-After", tooManyConnsRetryAfter)
+		p.refuse(ctx, fasthttp.StatusServiceUnavailable, "too_many_conns", tooManyConnsText)
+		return
+	}
+	if IsWebSocketUpgrade(h) {
+		// The accept callback holds an app connection while the app
+		// decides; once OnUpgrade returns, the WebSocket holds none.
+		defer p.limiter.release(client)
 		if p.OnUpgrade != nil {
 			p.OnUpgrade(ctx)
 			return
@@ -118,6 +171,7 @@ func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	}
 
 	ex := acquireExchange(p, ctx)
+	ex.client, ex.held = client, true
 	req := fasthttp.AcquireRequest()
 	p.prepare(ctx, req, ex)
 	resp := fasthttp.AcquireResponse()
@@ -129,7 +183,11 @@ func (p *Proxy) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	ex.headersAt = time.Now()
-	p.respond(ctx, resp, ex)
+	unread := bodyUnread(ctx, &ex.reqBody)
+	p.respond(ctx, resp, ex) // ex may be released from here on
+	if unread {
+		ctx.SetConnectionClose()
+	}
 }
 
 // prepare copies the client's request into req, minus what must not pass.
@@ -147,7 +205,7 @@ func (p *Proxy) prepare(ctx *fasthttp.RequestCtx, req *fasthttp.Request, ex *exc
 	h.SetBytesV("X-Request-Id", ex.requestID)
 
 	if n := ctx.Request.Header.ContentLength(); n > 0 || n == -1 {
-		ex.reqBody = requestBody{r: ctx.RequestBodyStream(), conn: ctx.Conn(), timeout: p.cfg.ClientIdleTimeout}
+		ex.reqBody = requestBody{r: ctx.RequestBodyStream(), conn: ctx.Conn(), timeout: p.cfg.bodyTimeout()}
 		req.SetBodyStream(&ex.reqBody, n)
 	}
 }
@@ -204,24 +262,48 @@ func (p *Proxy) respond(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, ex *e
 	out.SetBodyStream(ex, n)
 }
 
-// fail answers for an app that could not: 502, 503 or 504, one line of text.
+// fail answers for an app that could not: 502, 503 or 504, one line of text;
+// or for a client whose body broke off: 400, or 408 when it went silent.
 func (p *Proxy) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 	f := classify(err)
-	p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
-	p.log.Warn().Str("reason", f.reason).Err(err).
-		Str("upstream", p.cfg.upstreamName()).Bytes("request_id", ex.requestID).
-		Msg("app did not answer")
+	switch f {
+	case failBodyTimeout, failBadRequest:
+		// The client's doing, not the app's, so not a warning a client
+		// could fill the log with. fasthttp closed the app connection
+		// when writing the body failed: Puma drops the half-received
+		// request and the pool has the slot back.
+		if f == failBodyTimeout {
+			p.metrics.clientLimits[limitBodyTimeout].Inc()
+		} else {
+			p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
+		}
+		p.log.Info().Str("reason", f.reason).Err(err).Dur("client_body_timeout", p.cfg.bodyTimeout()).
+			Bytes("request_id", ex.requestID).Stringer("remote", ex.remote).
+			Msg("request body cut short by the client")
+	default:
+		p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
+		p.log.Warn().Str("reason", f.reason).Err(err).
+			Str("upstream", p.cfg.upstreamName()).Bytes("request_id", ex.requestID).
+			Msg("app did not answer")
+	}
 	ctx.Response.Reset()
 	ctx.SetStatusCode(f.status)
 	ctx.SetContentType("text/plain; charset=utf-8")
 	ctx.SetBodyString(f.text)
+	if bodyUnread(ctx, &ex.reqBody) {
+		ctx.SetConnectionClose()
+	}
 	ex.status = f.status
 	ex.bytes = int64(len(f.text))
 	p.finish(ctx, ex, nil)
 }
 
-// refuse answers a request the proxy will not pass on.
+// refuse answers a request the proxy will not pass on. Its body, if it has
+// one, is not read, so the connection is closed after the answer.
 func (p *Proxy) refuse(ctx *fasthttp.RequestCtx, status int, reason, text string) {
+	if bodyUnread(ctx, nil) {
+		ctx.SetConnectionClose()
+	}
 	ex := acquireExchange(p, ctx)
 	ex.requestID = requestID(&ctx.Request.Header, ex.requestID[:0])
 	ctx.SetStatusCode(status)
@@ -239,6 +321,9 @@ func (p *Proxy) finish(ctx *fasthttp.RequestCtx, ex *exchange, werr error) {
 		ex.headersAt = time.Now()
 	}
 	p.metrics.observe(ex.status, ex.headersAt.Sub(ex.start))
+	if ex.held {
+		p.limiter.release(ex.client)
+	}
 	if e := p.log.Info(); e.Enabled() {
 		e.Bytes("method", ex.method).
 			Bytes("path", ex.path)
@@ -270,6 +355,8 @@ type exchange struct {
 	query     []byte
 	scratch   []byte
 	remote    netip.Addr
+	client    netip.Addr // what the per-client cap counts: remote, or the client behind a trusted proxy
+	held      bool       // a per-client slot is held until finish
 	requestID []byte
 	status    int
 	bytes     int64
@@ -350,12 +437,15 @@ func (ex *exchange) CloseWithError(werr error) error {
 
 // requestBody streams the client's body to the app, moving the client's
 // read deadline after every read so that an upload may take as long as it
-// needs while it keeps moving.
+// needs while it keeps moving, and one that stops for client_body_timeout
+// is cut. The first read sets a fresh deadline, so that time spent waiting
+// for an app connection is never counted against the client.
 type requestBody struct {
 	r        io.Reader
 	conn     net.Conn
 	timeout  time.Duration
 	deadline lazyDeadline
+	eof      bool // read to its end: nothing of it is left on the connection
 }
 
 // clientReadError marks a failure to read the client's body, so it is not
@@ -368,7 +458,9 @@ func (e *clientReadError) Unwrap() error { return e.err }
 func (b *requestBody) Read(p []byte) (int, error) {
 	b.deadline.extend(b.conn.SetReadDeadline, b.timeout)
 	n, err := b.r.Read(p)
-	if err != nil && err != io.EOF {
+	if err == io.EOF {
+		b.eof = true
+	} else if err != nil {
 		err = &clientReadError{err: err}
 	}
 	return n, err

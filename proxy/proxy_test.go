@@ -54,6 +54,8 @@ func testConfig(upstream string) Config {
 		ClientIdleTimeout: 5 * time.Second,
 		MaxConns:          16,
 		TrustedProxies:    []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		ClientBodyTimeout: 5 * time.Second,
+		MaxConnsPerClient: 16,
 	}
 }
 

@@ -135,6 +135,7 @@ var (
 	failTimeout     = failure{fasthttp.StatusGatewayTimeout, "timeout", "504 Gateway Timeout: the app did not answer in time\n"}
 	failBusy        = failure{fasthttp.StatusServiceUnavailable, "busy", "503 Service Unavailable: all connections to the app are in use\n"}
 	failBadRequest  = failure{fasthttp.StatusBadRequest, "bad_request", "400 Bad Request: the request body could not be read\n"}
+	failBodyTimeout = failure{fasthttp.StatusRequestTimeout, "body_timeout", "408 Request Timeout: the request body stopped arriving\n"}
 )
 
 // classify maps an error from the upstream round trip to what the client sees.
@@ -144,6 +145,8 @@ func classify(err error) failure {
 	switch {
 	case errors.As(err, &de):
 		return failUnreachable
+	case errors.As(err, &ce) && isTimeout(ce.err):
+		return failBodyTimeout
 	case errors.As(err, &ce):
 		return failBadRequest
 	case errors.Is(err, fasthttp.ErrNoFreeConns):

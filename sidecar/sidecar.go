@@ -163,6 +163,8 @@ func proxyConfig(cfg *config.Config) proxy.Config {
 		MaxConns:          cfg.Proxy.MaxConns,
 		TrustedProxies:    cfg.Proxy.TrustedProxies,
 		HealthPath:        cfg.Proxy.HealthPath,
+		ClientBodyTimeout: cfg.Proxy.ClientBodyTimeout,
+		MaxConnsPerClient: cfg.Proxy.ConnsPerClient(),
 		SensitiveParams:   []string{cfg.Auth.JWT.QueryParam},
 	}
 }
