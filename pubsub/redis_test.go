@@ -386,7 +386,10 @@ func TestRedisClientNames(t *testing.T) {
 	reg := pubsub.NewRegistry(b.Client(), pubsub.RegistryConfig{Prefix: "cc:", Node: node}, zerolog.Nop(), prometheus.NewRegistry())
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); reg.Run(rctx, func(context.Context, string, []pubsub.ConnRecord) error { return nil }) }()
+	go func() {
+		defer close(done)
+		reg.Run(rctx, func(context.Context, string, []pubsub.ConnRecord) error { return nil })
+	}()
 	t.Cleanup(func() { stop(); <-done })
 
 	admin := redis.NewClient(&redis.Options{Addr: s.addr})
