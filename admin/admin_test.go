@@ -25,25 +25,34 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 func TestReadiness(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := New(zerolog.Nop(), reg)
-	var appErr error
+	var appErr, brokerErr error
 	s.AddCheck("app", func(context.Context) error { return appErr })
+	s.AddSoftCheck("broker", func(context.Context) error { return brokerErr })
 
 	if code, body := get(t, s.mux, "/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	if code, body := get(t, s.mux, "/readyz"); code != 200 {
+	if code, body := get(t, s.mux, "/readyz"); code != 200 || body != "ready\napp: ok\nbroker: ok\n" {
 		t.Errorf("/readyz with passing checks = %d %q", code, body)
+	}
+
+	// A broker outage shows, but the node stays ready: plain HTTP and
+	// accepts still work.
+	brokerErr = errors.New("Redis: dial tcp 127.0.0.1:6380: connect: connection refused\nand more")
+	if code, body := get(t, s.mux, "/readyz"); code != 200 ||
+		body != "ready\napp: ok\nbroker: Redis: dial tcp 127.0.0.1:6380: connect: connection refused and more\n" {
+		t.Errorf("/readyz with the broker down = %d %q", code, body)
 	}
 
 	appErr = errors.New("app not reachable at http://127.0.0.1:1")
 	code, body := get(t, s.mux, "/readyz")
-	if code != 503 || !strings.Contains(body, "app: app not reachable") {
+	if code != 503 || !strings.HasPrefix(body, "not ready\napp: app not reachable at http://127.0.0.1:1\nbroker: Redis:") {
 		t.Errorf("/readyz with a failing check = %d %q", code, body)
 	}
 
 	appErr = nil
 	s.Drain()
-	if code, body := get(t, s.mux, "/readyz"); code != 503 || !strings.Contains(body, "shutting down") {
+	if code, body := get(t, s.mux, "/readyz"); code != 503 || body != "not ready\nshutting down\n" {
 		t.Errorf("/readyz while draining = %d %q", code, body)
 	}
 	if code, _ := get(t, s.mux, "/healthz"); code != 200 {
@@ -55,11 +64,11 @@ func TestReadiness(t *testing.T) {
 // hanging it.
 func TestHungCheckIsNotReady(t *testing.T) {
 	s := New(zerolog.Nop(), prometheus.NewRegistry())
-	s.AddCheck("broker", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
+	s.AddCheck("jwks", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if code, body := get(t, s.mux, "/readyz"); code != 503 || !strings.Contains(body, "broker: context deadline exceeded") {
+		if code, body := get(t, s.mux, "/readyz"); code != 503 || !strings.Contains(body, "jwks: context deadline exceeded") {
 			t.Errorf("/readyz with a hung check = %d %q", code, body)
 		}
 	}()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -40,10 +41,46 @@ func (s *Server) EnableAPI(b Broadcaster, apiKey string) {
 		// whatever the length of the key sent.
 		sum := sha256.Sum256([]byte(apiKey))
 		a.keySum = &sum
+		s.keyed = true
 	}
-	s.mux.Handle("POST /publish", a.guard(a.publish))
-	s.mux.Handle("POST /send", a.guard(a.send))
-	s.mux.Handle("POST /close", a.guard(a.close))
+	s.api = a
+	s.mux.Handle("POST /publish", a.post(a.publish))
+	s.mux.Handle("POST /send", a.post(a.send))
+	s.mux.Handle("POST /close", a.post(a.close))
+}
+
+// Connection is what GET /connections/<id> answers for an open connection.
+type Connection struct {
+	ID   string `json:"id"`
+	Node string `json:"node,omitempty"` // the node holding it; "" while detached
+	// Channels are those it is subscribed to, sorted; never null.
+	Channels []string `json:"channels"`
+	Detached bool     `json:"detached,omitempty"` // waiting to be restored (SPEC §10)
+}
+
+// Lookup finds a connection open on any node; ok is false when it is open
+// nowhere, err when that cannot be known now.
+type Lookup func(ctx context.Context, id string) (c Connection, ok bool, err error)
+
+// EnableLookup serves GET /connections/<id> through l, with the API's key.
+// Call it after EnableAPI, before Serve.
+func (s *Server) EnableLookup(l Lookup) {
+	a := s.api
+	s.mux.Handle("GET /connections/{id}", a.get(func(ctx context.Context, r *http.Request) (any, error) {
+		id := r.PathValue("id")
+		c, ok, err := l(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, &apiError{http.StatusNotFound, fmt.Sprintf("connection %.64q is not open on any node", id)}
+		}
+		if c.Channels == nil {
+			c.Channels = []string{}
+		}
+		slices.Sort(c.Channels)
+		return c, nil
+	}))
 }
 
 type api struct {
@@ -63,16 +100,31 @@ func badRequest(format string, args ...any) error {
 	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
 }
 
-func (a *api) guard(h func(ctx context.Context, body []byte) (any, error)) http.Handler {
+// authorized answers 401 and returns false unless r carries the key (when
+// one is set).
+func (a *api) authorized(w http.ResponseWriter, r *http.Request) bool {
+	if a.keySum == nil {
+		return true
+	}
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	if !ok || subtle.ConstantTimeCompare(sum[:], a.keySum[:]) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cablecar"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API key: send Authorization: Bearer <admin.api_key>"})
+		return false
+	}
+	return true
+}
+
+// post serves a call whose input is a JSON body.
+func (a *api) post(h func(ctx context.Context, body []byte) (any, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.keySum != nil {
-			token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-			if !ok || subtle.ConstantTimeCompare(sum[:], a.keySum[:]) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="cablecar"`)
-				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API key: send Authorization: Bearer <admin.api_key>"})
-				return
-			}
+		if !a.authorized(w, r) {
+			return
+		}
+		if msg := jsonContentType(r); msg != "" {
+			writeJSON(w, http.StatusUnsupportedMediaType, map[string]string{"error": msg})
+			return
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAPIBody))
 		if err != nil {
@@ -87,20 +139,38 @@ func (a *api) guard(h func(ctx context.Context, body []byte) (any, error)) http.
 		ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
 		defer cancel()
 		out, err := h(ctx, body)
-		if err != nil {
-			var ae *apiError
-			switch {
-			case errors.As(err, &ae):
-				writeJSON(w, ae.status, map[string]string{"error": ae.msg})
-			case errors.Is(err, pubsub.ErrNoConnection):
-				writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
-			default:
-				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker: " + err.Error()})
-			}
+		answer(w, out, err)
+	})
+}
+
+// get serves a call whose input is the request's path.
+func (a *api) get(h func(ctx context.Context, r *http.Request) (any, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.authorized(w, r) {
 			return
 		}
-		writeJSON(w, http.StatusOK, out)
+		ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
+		defer cancel()
+		out, err := h(ctx, r)
+		answer(w, out, err)
 	})
+}
+
+// answer writes out as 200, or err as the status it maps to.
+func answer(w http.ResponseWriter, out any, err error) {
+	if err == nil {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		writeJSON(w, ae.status, map[string]string{"error": ae.msg})
+	case errors.Is(err, pubsub.ErrNoConnection):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+	default:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker: " + err.Error()})
+	}
 }
 
 // payload is the data of a message in the API: text as it is, binary as

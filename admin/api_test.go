@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -41,13 +42,32 @@ func (r *recorder) Direct(_ context.Context, cmd pubsub.Command) error {
 	return nil
 }
 
-func post(s *Server, path, body, key string) (int, string) {
+// post sends body as a well-behaved client would: JSON, to the listener by
+// its address, with no Origin. Each header in hdr replaces one of those
+// ("" removes it).
+func post(s *Server, path, body, key string, hdr ...string) (int, string) {
 	req := httptest.NewRequest("POST", path, strings.NewReader(body))
+	req.Host = "127.0.0.1:9394"
+	req.Header.Set("Content-Type", "application/json")
+	return serve(s, req, key, hdr...)
+}
+
+func serve(s *Server, req *http.Request, key string, hdr ...string) (int, string) {
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		switch {
+		case hdr[i] == "Host":
+			req.Host = hdr[i+1]
+		case hdr[i+1] == "":
+			req.Header.Del(hdr[i])
+		default:
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+	}
 	rec := httptest.NewRecorder()
-	s.mux.ServeHTTP(rec, req)
+	s.ServeHTTP(rec, req)
 	return rec.Code, rec.Body.String()
 }
 
@@ -129,5 +149,46 @@ func TestAPIBrokerDown(t *testing.T) {
 	status, body := post(s, "/publish", `{"channel":"a","data":"x"}`, "")
 	if status != 503 || !strings.Contains(body, "connection refused") {
 		t.Fatalf("broker down: %d %s", status, body)
+	}
+}
+
+// fakeLookup finds the connections in open; c_broken cannot be looked up.
+func fakeLookup(open map[string]Connection) Lookup {
+	return func(_ context.Context, id string) (Connection, bool, error) {
+		if id == "c_broken" {
+			return Connection{}, false, errors.New("redis: connection refused")
+		}
+		c, ok := open[id]
+		return c, ok, nil
+	}
+}
+
+func TestConnectionLookup(t *testing.T) {
+	s := New(zerolog.Nop(), prometheus.NewRegistry())
+	s.EnableAPI(&recorder{}, "k")
+	s.EnableLookup(fakeLookup(map[string]Connection{
+		"c_one":  {ID: "c_one", Node: "nodeAAAA", Channels: []string{"room:2", "room:1"}},
+		"c_none": {ID: "c_none", Node: "nodeAAAA"},
+	}))
+	get := func(path, key string) (int, string) {
+		return serve(s, httptest.NewRequest("GET", "http://127.0.0.1:9394"+path, nil), key)
+	}
+	tests := []struct {
+		path, key string
+		status    int
+		body      string
+	}{
+		{"/connections/c_one", "k", 200, `{"id":"c_one","node":"nodeAAAA","channels":["room:1","room:2"]}`},
+		{"/connections/c_none", "k", 200, `{"id":"c_none","node":"nodeAAAA","channels":[]}`},
+		{"/connections/c_one", "", 401, ""},
+		{"/connections/c_gone", "k", 404, "not open"},
+		{"/connections/c_broken", "k", 503, "connection refused"},
+		{"/connections/", "k", 404, ""},
+	}
+	for _, tt := range tests {
+		status, body := get(tt.path, tt.key)
+		if status != tt.status || !strings.Contains(body, tt.body) {
+			t.Errorf("GET %s: %d %s; want %d with %s", tt.path, status, body, tt.status, tt.body)
+		}
 	}
 }

@@ -421,6 +421,12 @@ func TestErrors(t *testing.T) {
 		{name: "admin on the client port",
 			environ: []string{"CABLECAR_ADMIN_LISTEN=0.0.0.0:3000"},
 			want:    `admin.listen: "0.0.0.0:3000" must not be the same address as listen (:3000); give the admin listener its own port, or "" to disable it [CABLECAR_ADMIN_LISTEN; listen from default]`},
+		{name: "admin on every interface without a key",
+			environ: []string{"CABLECAR_ADMIN_LISTEN=0.0.0.0:9394"},
+			want:    `admin.listen: "0.0.0.0:9394" is not a loopback address, so admin.api_key must be set: anyone who can reach it could publish, send and close (or listen on 127.0.0.1) [CABLECAR_ADMIN_LISTEN; admin.api_key from default]`},
+		{name: "admin on a name without a key",
+			yaml: "admin:\n  listen: cablecar.internal:9394\n  api_key: \"\"\n",
+			want: `admin.listen: "cablecar.internal:9394" is not a loopback address, so admin.api_key must be set: anyone who can reach it could publish, send and close (or listen on 127.0.0.1) [FILE line 2; admin.api_key from FILE line 3]`},
 		{name: "jwt required without keys",
 			environ: []string{"CABLECAR_AUTH_JWT_REQUIRED=true"},
 			want:    `auth.jwt.required: "true" but neither auth.jwt.hmac_secret nor auth.jwt.jwks_url is set, so no token could pass [CABLECAR_AUTH_JWT_REQUIRED]`},
@@ -745,5 +751,23 @@ func maskSecrets(c *Config) {
 			(*list)[i] = mask
 		}
 	}
-	c.Broker.URL = maskURLPassword(c.Broker.URL)
+	c.Broker.URL = maskURL(c.Broker.URL)
+	c.Auth.JWT.JWKSURL = maskURL(c.Auth.JWT.JWKSURL)
+}
+
+// Only a loopback admin listener may go without an api_key.
+func TestAdminListenNeedsKeyOffLoopback(t *testing.T) {
+	for _, addr := range []string{"", "127.0.0.1:9394", "127.9.9.9:1", "[::1]:9394", "localhost:9394", "LocalHost:0"} {
+		if _, _, err := Parse(nil, []string{"CABLECAR_ADMIN_LISTEN=" + addr}, nil); err != nil {
+			t.Errorf("admin.listen %q without a key: %v", addr, err)
+		}
+	}
+	for _, addr := range []string{":9394", "0.0.0.0:9394", "[::]:9394", "10.0.0.5:9394", "[fe80::1]:9394", "admin.example:9394", "localhost.example:1"} {
+		if _, _, err := Parse(nil, []string{"CABLECAR_ADMIN_LISTEN=" + addr}, nil); err == nil || !strings.Contains(err.Error(), "admin.api_key must be set") {
+			t.Errorf("admin.listen %q without a key: %v, want the api_key error", addr, err)
+		}
+		if _, _, err := Parse(nil, []string{"CABLECAR_ADMIN_LISTEN=" + addr, "CABLECAR_ADMIN_API_KEY=k"}, nil); err != nil {
+			t.Errorf("admin.listen %q with a key: %v", addr, err)
+		}
+	}
 }

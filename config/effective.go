@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/url"
 	"reflect"
 	"strings"
 
@@ -60,8 +61,8 @@ func (f *field) yamlValue(v reflect.Value) *yaml.Node {
 		switch {
 		case f.secret && s != "":
 			vals[i] = mask
-		case f.check == "broker_url":
-			vals[i] = maskURLPassword(s)
+		case strings.Contains(s, "://"):
+			vals[i] = maskURL(s)
 		}
 	}
 	if f.isList() {
@@ -81,11 +82,14 @@ func (f *field) yamlValue(v reflect.Value) *yaml.Node {
 	return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: vals[0]}
 }
 
-// maskURLPassword hides the password of a URL such as
-// redis://user:pass@host. It does not parse the URL, so that a malformed
-// one, which is what error messages show, is masked too; it would rather
-// mask too much (up to the last "@") than too little.
-func maskURLPassword(s string) string {
+// maskURL hides the secrets a URL may carry wherever the config is shown:
+// the password of its userinfo (redis://user:pass@host; the user name
+// stays, as url.URL.Redacted does) and the values of query parameters
+// whose names look like secrets (password=, sentinel_password=, api_key=,
+// token=, …). It does not parse the URL, so that a malformed one, which
+// is what error messages show, is masked too; it would rather mask too
+// much (up to the last "@") than too little.
+func maskURL(s string) string {
 	scheme, rest, ok := strings.Cut(s, "://")
 	if !ok {
 		return s
@@ -95,23 +99,46 @@ func maskURLPassword(s string) string {
 			rest = user + ":" + mask + rest[at:]
 		}
 	}
-	return scheme + "://" + maskQueryPasswords(rest)
+	return scheme + "://" + maskQuerySecrets(rest)
 }
 
-// maskQueryPasswords hides the values of query parameters that carry
-// passwords (go-redis's sentinel URLs take the primary's as password= and
-// the sentinels' as sentinel_password=).
-func maskQueryPasswords(s string) string {
+// maskQuerySecrets hides the values of the query parameters that
+// secretParam picks, with & or ; between parameters.
+func maskQuerySecrets(s string) string {
 	base, query, ok := strings.Cut(s, "?")
 	if !ok {
 		return s
 	}
-	parts := strings.Split(query, "&")
-	for i, p := range parts {
-		k, _, hasValue := strings.Cut(p, "=")
-		if hasValue && strings.Contains(strings.ToLower(k), "password") {
-			parts[i] = k + "=" + mask
+	var b strings.Builder
+	b.WriteString(base + "?")
+	for query != "" {
+		end := strings.IndexAny(query, "&;")
+		param, sep := query, ""
+		if end >= 0 {
+			param, sep, query = query[:end], query[end:end+1], query[end+1:]
+		} else {
+			query = ""
+		}
+		if k, _, hasValue := strings.Cut(param, "="); hasValue && secretParam(k) {
+			param = k + "=" + mask
+		}
+		b.WriteString(param + sep)
+	}
+	return b.String()
+}
+
+// secretParam says whether a query parameter's name looks like it carries
+// a secret: password, sentinel_password, api_key, key, token,
+// access_token, secret, auth, sig… in any case.
+func secretParam(name string) bool {
+	if u, err := url.QueryUnescape(name); err == nil {
+		name = u
+	}
+	name = strings.ToLower(name)
+	for _, w := range []string{"pass", "pwd", "secret", "token", "key", "auth", "credential", "signature", "session"} {
+		if strings.Contains(name, w) {
+			return true
 		}
 	}
-	return base + "?" + strings.Join(parts, "&")
+	return name == "sig"
 }

@@ -40,8 +40,8 @@ func (f *field) show(raw string) string {
 	switch {
 	case f.secret:
 		return "the value (hidden)"
-	case f.check == "broker_url":
-		return strconv.Quote(shorten(maskURLPassword(raw)))
+	case strings.Contains(raw, "://"):
+		return strconv.Quote(shorten(maskURL(raw)))
 	}
 	return strconv.Quote(shorten(raw))
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 )
 
@@ -56,6 +57,11 @@ func (l *loader) crossCheck() error {
 		return l.pairError("admin.listen", "listen",
 			"must not be the same address as listen (%s); give the admin listener its own port, or \"\" to disable it")
 	}
+	if c.Admin.APIKey == "" && !loopbackListener(c.Admin.Listen) {
+		return &Error{Key: "admin.listen", Source: l.sourceOf("admin.listen") + "; admin.api_key from " + l.sourceOf("admin.api_key"),
+			Msg: lookupField("admin.listen").show(c.Admin.Listen) + " is not a loopback address, so admin.api_key must be set: " +
+				"anyone who can reach it could publish, send and close (or listen on 127.0.0.1)"}
+	}
 	if j := c.Auth.JWT; j.Required && len(j.HMACSecret) == 0 && j.JWKSURL == "" {
 		return &Error{Key: "auth.jwt.required", Source: l.sourceOf("auth.jwt.required"),
 			Msg: `"true" but neither auth.jwt.hmac_secret nor auth.jwt.jwks_url is set, so no token could pass`}
@@ -73,6 +79,24 @@ func (l *loader) pairError(a, b, msg string) error {
 		Msg:    fa.show(value(fa)) + " " + fmt.Sprintf(msg, value(fb)),
 		Source: l.sourceOf(a) + "; " + b + " from " + l.sourceOf(b),
 	}
+}
+
+// loopbackListener says whether a listen address takes connections from
+// this host only: "" (no listener), localhost or a loopback IP. An empty
+// host is every interface; any other name may resolve to anything.
+func loopbackListener(addr string) bool {
+	if addr == "" {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // sameListener says whether two listen addresses would collide: the same

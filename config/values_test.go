@@ -176,7 +176,7 @@ func TestCheckOrigin(t *testing.T) {
 	}
 }
 
-func TestMaskURLPassword(t *testing.T) {
+func TestMaskURL(t *testing.T) {
 	tests := map[string]string{
 		"":                                    "",
 		"redis://redis:6379/0":                "redis://redis:6379/0",
@@ -185,12 +185,15 @@ func TestMaskURLPassword(t *testing.T) {
 		"redis://user@redis:6379":             "redis://user@redis:6379",
 		"redis://user:p@ss/w@redis:6379":      "redis://user:********@redis:6379",
 		"redis+sentinel://:pw@s1,s2/mymaster": "redis+sentinel://:********@s1,s2/mymaster",
-		"redis+sentinel://s1:26379?master_name=m&password=pw&sentinel_password=spw&addr=s2:26379": "redis+sentinel://s1:26379?master_name=m&password=********&sentinel_password=********&addr=s2:26379",
-		"redis+sentinel://u:x@s1?Password=pw":                                                     "redis+sentinel://u:********@s1?Password=********",
+		"redis+sentinel://s1:26379?master_name=m&password=pw&sentinel_password=spw&addr=s2:26379":         "redis+sentinel://s1:26379?master_name=m&password=********&sentinel_password=********&addr=s2:26379",
+		"redis+sentinel://u:x@s1?Password=pw":                                                             "redis+sentinel://u:********@s1?Password=********",
+		"https://keys.example/jwks.json?api_key=k1&x=1;token=t2&Access_Token=t3&client_name=c":            "https://keys.example/jwks.json?api_key=********&x=1;token=********&Access_Token=********&client_name=c",
+		"https://u:p@keys.example/jwks?KEY=k&secret=s&sig=x&signature=y&Authorization=z&api%5Fkey=w&flag": "https://u:********@keys.example/jwks?KEY=********&secret=********&sig=********&signature=********&Authorization=********&api%5Fkey=********&flag",
+		"not a url?token=x": "not a url?token=x",
 	}
 	for in, want := range tests {
-		if got := maskURLPassword(in); got != want {
-			t.Errorf("maskURLPassword(%q) = %q, want %q", in, got, want)
+		if got := maskURL(in); got != want {
+			t.Errorf("maskURL(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -54,7 +54,9 @@ type RedisConfig struct {
 type Redis struct {
 	cfg     RedisConfig
 	log     zerolog.Logger
-	rdb     redis.UniversalClient
+	rdb     redis.UniversalClient // role publish
+	subRdb  redis.UniversalClient // role pubsub: the subscriber's connections
+	regRdb  redis.UniversalClient // role registry: Client
 	cluster bool
 	sub     subscriber
 	metrics *redisMetrics
@@ -108,16 +110,28 @@ var _ Broker = (*Redis)(nil)
 
 // NewRedis builds the broker from its URL. It does not connect: Start does,
 // and keeps trying when Redis is not there yet.
+//
+// It makes one client per role, each naming its connections (CLIENT
+// SETNAME) cablecar:<node>:<role> — publish (publishes, commands, the
+// readiness ping), pubsub (the subscriber connections) and registry (the
+// records of live connections, see Client) — so that an operator reading
+// CLIENT LIST can tell which node holds a connection and what it is for.
+// Pools fill lazily, so a role that is not used holds no connection.
 func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*Redis, error) {
 	setRedisLogger(log)
-	rdb, cluster, err := NewRedisClient(cfg.URL)
+	opt, err := parseRedisURL(cfg.URL)
 	if err != nil {
 		return nil, err
 	}
+	rdb, cluster := newNamedClient(opt, cfg.Node, "publish")
+	subRdb, _ := newNamedClient(opt, cfg.Node, "pubsub")
+	regRdb, _ := newNamedClient(opt, cfg.Node, "registry")
 	r := &Redis{
 		cfg:         cfg,
 		log:         log.With().Str("component", "broker").Logger(),
 		rdb:         rdb,
+		subRdb:      subRdb,
+		regRdb:      regRdb,
 		cluster:     cluster,
 		metrics:     newRedisMetrics(reg),
 		nodeChannel: cfg.Prefix + nodeInfix + cfg.Node,
@@ -125,9 +139,9 @@ func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*
 		confirm:     map[string]chan struct{}{},
 	}
 	if cluster {
-		r.sub = newShardedSubscriber(rdb.(*redis.ClusterClient), r.log)
+		r.sub = newShardedSubscriber(subRdb.(*redis.ClusterClient), r.log)
 	} else {
-		r.sub = newPlainSubscriber(rdb)
+		r.sub = newPlainSubscriber(subRdb)
 	}
 	return r, nil
 }
@@ -142,13 +156,45 @@ func NewRedisClient(raw string) (redis.UniversalClient, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	c, cluster := newClient(opt)
+	return c, cluster, nil
+}
+
+// newNamedClient builds a client from parsed options whose connections
+// are named <base>:<node>:<role>, base being the URL's client_name or
+// "cablecar". opt is not changed: each role gets its own copy.
+func newNamedClient(opt any, node, role string) (redis.UniversalClient, bool) {
+	name := func(base string) string {
+		if base == "" {
+			base = "cablecar"
+		}
+		return base + ":" + node + ":" + role
+	}
 	switch o := opt.(type) {
 	case *redis.Options:
-		return redis.NewClient(o), false, nil
+		c := *o
+		c.ClientName = name(o.ClientName)
+		return newClient(&c)
 	case *redis.FailoverOptions:
-		return redis.NewFailoverClient(o), false, nil
+		c := *o
+		c.ClientName = name(o.ClientName)
+		return newClient(&c)
 	default:
-		return redis.NewClusterClient(o.(*redis.ClusterOptions)), true, nil
+		o2 := opt.(*redis.ClusterOptions)
+		c := *o2
+		c.ClientName = name(o2.ClientName)
+		return newClient(&c)
+	}
+}
+
+func newClient(opt any) (redis.UniversalClient, bool) {
+	switch o := opt.(type) {
+	case *redis.Options:
+		return redis.NewClient(o), false
+	case *redis.FailoverOptions:
+		return redis.NewFailoverClient(o), false
+	default:
+		return redis.NewClusterClient(o.(*redis.ClusterOptions)), true
 	}
 }
 
@@ -186,8 +232,9 @@ func parseRedisURL(raw string) (any, error) {
 	return nil, fmt.Errorf("unknown scheme %q", u.Scheme)
 }
 
-// Client is the Redis client, for the connection registry.
-func (r *Redis) Client() redis.UniversalClient { return r.rdb }
+// Client is the Redis client for the connection registry (its connections
+// are named cablecar:<node>:registry). The broker owns it: Close closes it.
+func (r *Redis) Client() redis.UniversalClient { return r.regRdb }
 
 // Start subscribes to this node's command channel and begins delivering to
 // sink. Redis being down is not an error: the broker keeps reconnecting and
@@ -407,7 +454,7 @@ func (r *Redis) Close() error {
 	}
 	r.sub.close()
 	r.wg.Wait()
-	return r.rdb.Close()
+	return errors.Join(r.rdb.Close(), r.subRdb.Close(), r.regRdb.Close())
 }
 
 // received is the subscriber's callback for every message.

@@ -37,7 +37,7 @@ type shardedSubscriber struct {
 type shardConn struct {
 	addr string
 	ps   *redis.PubSub
-	dead bool
+	dead bool // guarded by shardedSubscriber.mu
 }
 
 func newShardedSubscriber(cc *redis.ClusterClient, log zerolog.Logger) *shardedSubscriber {
@@ -144,8 +144,10 @@ func (s *shardedSubscriber) unsubscribe(ctx context.Context, channels ...string)
 		delete(s.orphans, ch)
 		sc := s.owner[ch]
 		delete(s.owner, ch)
+		// dead is read under the lock that fail and close write it under.
+		live := sc != nil && !sc.dead
 		s.mu.Unlock()
-		if sc == nil || sc.dead {
+		if !live {
 			continue
 		}
 		if err := sc.ps.SUnsubscribe(ctx, ch); err != nil && firstErr == nil {

@@ -368,3 +368,65 @@ func TestNewRedisClientURLs(t *testing.T) {
 		}
 	}
 }
+
+// Each role's connections carry CLIENT SETNAME cablecar:<node>:<role>, so
+// that an operator reading CLIENT LIST can tell whose they are and what
+// they are for.
+func TestRedisClientNames(t *testing.T) {
+	s := startRedisServer(t)
+	node := pubsub.NewNodeID()
+	b, _ := startBroker(t, "redis://"+s.addr, node)
+	ctx := context.Background()
+	if err := b.Subscribe(ctx, "room:names"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, pubsub.Message{Channel: "room:names", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	reg := pubsub.NewRegistry(b.Client(), pubsub.RegistryConfig{Prefix: "cc:", Node: node}, zerolog.Nop(), prometheus.NewRegistry())
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		reg.Run(rctx, func(context.Context, string, []pubsub.ConnRecord) error { return nil })
+	}()
+	t.Cleanup(func() { stop(); <-done })
+
+	admin := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer admin.Close()
+	want := []string{"cablecar:" + node + ":publish", "cablecar:" + node + ":pubsub", "cablecar:" + node + ":registry"}
+	var list string
+	waitUntil(t, "every role's connection in CLIENT LIST", func() bool {
+		list, _ = admin.ClientList(ctx).Result()
+		for _, w := range want {
+			if !strings.Contains(list, " name="+w+" ") {
+				return false
+			}
+		}
+		return true
+	})
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		if strings.Contains(line, "cmd=client|list") {
+			continue // ours
+		}
+		if !strings.Contains(line, " name=cablecar:"+node+":") {
+			t.Errorf("a connection without a Cablecar name: %s", line)
+		}
+	}
+}
+
+// A client_name in the URL is kept as the names' base.
+func TestRedisClientNameFromURL(t *testing.T) {
+	s := startRedisServer(t)
+	node := pubsub.NewNodeID()
+	b, _ := startBroker(t, "redis://"+s.addr+"?client_name=shop", node)
+	if err := b.Publish(context.Background(), pubsub.Message{Channel: "x", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	admin := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer admin.Close()
+	waitUntil(t, "shop:<node>:publish in CLIENT LIST", func() bool {
+		list, _ := admin.ClientList(context.Background()).Result()
+		return strings.Contains(list, " name=shop:"+node+":publish ")
+	})
+}

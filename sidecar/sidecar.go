@@ -132,12 +132,13 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		admin:    admin.New(log, reg),
 	}
 	s.admin.AddCheck("app", p.Ping)
-	s.admin.AddCheck("broker", broker.Ready)
+	s.admin.AddSoftCheck("broker", broker.Ready)
 	if jwt != nil && cfg.Auth.JWT.JWKSURL != "" {
 		s.admin.AddCheck("jwks", jwt.Ready)
 	}
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
+	s.admin.EnableLookup(connLookup(node, ws.Hub(), registry))
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
@@ -149,6 +150,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		}
 	}
 	warnInactive(cfg, log)
+	warnUnsigned(cfg, log)
 	return s, nil
 }
 

@@ -1,0 +1,44 @@
+package pubsub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Lookup reads the record of connection id from Redis, where the node its
+// id names keeps it (the admin API's GET /connections/<id> for another
+// node's connection). It finds a record only while that node's lease
+// lives: a node whose lease lapsed has given its connections up, or died
+// with them. The registry holds the connections whose close event the app
+// asked for, from their accept until that event is delivered; false means
+// no such record, an error that Redis could not be asked.
+func (r *Registry) Lookup(ctx context.Context, id string) (ConnRecord, bool, error) {
+	node, ok := NodeOf(id)
+	if !ok {
+		return ConnRecord{}, false, nil
+	}
+	k := keysOf(r.pfx, node)
+	// Both keys share the node's hash tag, so one pipeline is one slot on
+	// a cluster too.
+	pipe := r.rdb.Pipeline()
+	lease := pipe.Exists(ctx, k.lease)
+	raw := pipe.HGet(ctx, k.conns, id)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return ConnRecord{}, false, fmt.Errorf("reading the connection record: %w", err)
+	}
+	if lease.Val() == 0 || errors.Is(raw.Err(), redis.Nil) {
+		return ConnRecord{}, false, nil
+	}
+	var rec ConnRecord
+	if err := json.Unmarshal([]byte(raw.Val()), &rec); err != nil {
+		return ConnRecord{}, false, fmt.Errorf("reading the connection record of %s: %w", id, err)
+	}
+	if rec.ID == "" {
+		rec.ID = id
+	}
+	return rec, true, nil
+}

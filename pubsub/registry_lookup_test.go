@@ -1,0 +1,49 @@
+package pubsub
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// Another node finds a connection by its id while its node's lease lives,
+// with the channels of the latest update; not once it is untracked, nor
+// once the node is gone.
+func TestRegistryLookup(t *testing.T) {
+	srv := startRegRedis(t)
+	rdb := srv.client(t)
+	a := newTestRegistry(t, rdb, "nodeAAAA")
+	b := newTestRegistry(t, rdb, "nodeBBBB")
+	killA := run(t, a, nil)
+	run(t, b, nil)
+	recs := trackN(a, 2)
+	a.Update(recs[0].ID, "st", []string{"room:1", "room:2"})
+	ctx := t.Context()
+	regEventually(t, "A's records", 5*time.Second, func() bool {
+		rec, ok, err := b.Lookup(ctx, recs[0].ID)
+		return err == nil && ok && slices.Equal(rec.Channels, []string{"room:1", "room:2"})
+	})
+	if rec, ok, err := b.Lookup(ctx, recs[0].ID); err != nil || !ok || rec.ID != recs[0].ID {
+		t.Fatalf("Lookup(%s) = %+v %v %v", recs[0].ID, rec, ok, err)
+	}
+	for _, id := range []string{"c_nodeAAAA" + "xxxxxxxxxxxxxxxx", "not-an-id", ""} {
+		if _, ok, err := b.Lookup(ctx, id); ok || err != nil {
+			t.Errorf("Lookup(%q) = %v %v, want not found", id, ok, err)
+		}
+	}
+	a.Untrack(recs[0].ID)
+	regEventually(t, "the untracked record gone", 5*time.Second, func() bool {
+		_, ok, err := b.Lookup(ctx, recs[0].ID)
+		return err == nil && !ok
+	})
+
+	// A lost node's records are still in Redis until reaped, but its
+	// connections are not open anywhere.
+	killA()
+	if err := rdb.Del(ctx, keysOf("cc:", a.node).lease).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := b.Lookup(ctx, recs[1].ID); ok || err != nil {
+		t.Errorf("a connection of a node without a lease: found %v %v", ok, err)
+	}
+}
