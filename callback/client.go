@@ -314,8 +314,8 @@ func (c *Client) Wait(ctx context.Context) error {
 			n := c.live
 			c.mu.Unlock()
 			if n > 0 {
-				c.log.Error().Int("connections", n).Int("close_events", c.closing.len()).
-					Msg("shutdown: events of these connections were not all delivered to the app; close events undelivered: counted in cablecar_close_events_abandoned_total")
+				c.log.Error().Int("close_events", c.closing.len()).Int("connections", n).
+					Msg("shutdown: close events not delivered to the app in time (cablecar_close_events_abandoned_total); other events of these connections are dropped")
 			}
 			return ctx.Err()
 		}
