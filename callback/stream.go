@@ -199,10 +199,12 @@ func (s *Stream) Done() <-chan struct{} { return s.doneCh }
 func (s *Stream) Push(ev Event) { s.push(ev, nil) }
 
 // PushClose pushes the connection's close event, as Push does, and calls
-// after, from another goroutine, once the app has it or it was finally
-// dropped (rejected, retried for close_retry_for, pushed out of the close
-// queue): the connection's record in Redis can then go. after is never
-// called when shutdown abandons the event: the record then stays, and a
+// after once the app has it or it was finally dropped (rejected, retried
+// for close_retry_for, pushed out of the close queue; refused because the
+// stream was ended): the connection's record in Redis can then go. after
+// runs on the goroutine that settled the event — PushClose's caller's only
+// when it is refused at once — and must not block. It is never called
+// when shutdown abandons the event: the record then stays, and a
 // surviving node posts it (SPEC §5).
 func (s *Stream) PushClose(ev Event, after func()) {
 	ev.Type = EventClose
