@@ -33,13 +33,18 @@ const (
 	defaultTimeout       = 5 * time.Second
 	defaultMaxInFlight   = 256
 	defaultMaxReplySize  = 1 << 20
-	defaultCloseRetryFor = time.Minute
+	defaultCloseRetryFor = time.Hour
+	// The close events waiting for the app, on this node, at most.
+	defaultMaxPendingCloses = 100000
 	// Backoff between attempts of an event request: from base, doubling, to
 	// cap, with jitter; a Retry-After from the app is obeyed up to
 	// retryAfterCap, so that one bad header cannot park a connection.
 	defaultBackoffBase   = 100 * time.Millisecond
 	defaultBackoffCap    = 5 * time.Second
 	defaultRetryAfterCap = 30 * time.Second
+	// A close event is retried for CloseRetryFor with at most this long
+	// between tries (SPEC §3), Retry-After included.
+	defaultCloseBackoffCap = 30 * time.Second
 	// Pooled connections idle longer are closed before Puma's own
 	// persistent_timeout (20 s) closes them under us.
 	idleConnTimeout = 10 * time.Second
@@ -56,7 +61,9 @@ type Config struct {
 	Secrets          []string      // callback.secret; empty = unsigned
 	MaxInFlight      int           // global cap on event requests in flight (all connections); 0 → 256
 	MaxReplySize     int           // largest reply body read from the app; 0 → 1 MiB
-	CloseRetryFor    time.Duration // how long a batch holding a close event keeps being retried; 0 → 1 min
+	CloseRetryFor    time.Duration // how long a batch holding a close event keeps being retried; 0 → 1 h
+	MaxPendingCloses int           // close events waiting to be retried, at most; past it the oldest are dropped; 0 → 100000
+	CloseBackoffCap  time.Duration // longest pause between tries of a close event, Retry-After included; 0 → 30 s
 	// MaxConns caps the connections to the app, accept and event requests
 	// together; 0 → 2×MaxInFlight. Accepts beyond it wait for a free
 	// connection within their Timeout.
@@ -79,6 +86,12 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.CloseRetryFor <= 0 {
 		cfg.CloseRetryFor = defaultCloseRetryFor
+	}
+	if cfg.MaxPendingCloses <= 0 {
+		cfg.MaxPendingCloses = defaultMaxPendingCloses
+	}
+	if cfg.CloseBackoffCap <= 0 {
+		cfg.CloseBackoffCap = defaultCloseBackoffCap
 	}
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = 2 * cfg.MaxInFlight
@@ -113,6 +126,14 @@ type Client struct {
 
 	// Tests shorten these.
 	backoffBase, backoffCap, retryAfterCap time.Duration
+	closeBackoffCap                        time.Duration
+
+	// closes holds the close events being retried; closing is every
+	// close event not yet delivered, by connection.
+	closes  *closeQueue
+	closing closingSet
+	// pub is where the replies to retried close events publish.
+	pub Publisher
 
 	mu   sync.Mutex
 	live int           // streams not Done
@@ -137,6 +158,8 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Client {
 		retryAfterCap: defaultRetryAfterCap,
 		abort:         make(chan struct{}),
 	}
+	c.closeBackoffCap = cfg.CloseBackoffCap
+	c.closes = newCloseQueue(c, cfg.MaxPendingCloses)
 	c.host = cfg.Address
 	if cfg.Network == "unix" {
 		c.host = "localhost"
@@ -195,6 +218,12 @@ func connLost(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
+
+// SetPublisher says where the reply to a close event that had to wait
+// publishes (the broker): the connection is gone by then, and of its reply
+// only publish has anything left to act on. Without one, such a reply's
+// publish is dropped. Call it before any stream starts.
+func (c *Client) SetPublisher(p Publisher) { c.pub = p }
 
 // Close drops the idle connections to the app.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
@@ -272,10 +301,12 @@ func (c *Client) Accept(req *fasthttp.Request, resp *fasthttp.Response) error {
 	}
 }
 
-// Wait blocks until every stream of the client is Done, or ctx ends
-// (graceful shutdown). When ctx ends first, what is still undelivered is
-// dropped and counted, and ctx.Err() is returned. Wait does not stop new
-// streams from being made.
+// Wait blocks until every stream of the client is Done, close events
+// waiting to be retried included, or ctx ends (graceful shutdown). When
+// ctx ends first, what is still undelivered is dropped and counted, one
+// line logs how many close events this node could not deliver (see
+// Undelivered), and ctx.Err() is returned. Wait does not stop new streams
+// from being made.
 func (c *Client) Wait(ctx context.Context) error {
 	for {
 		c.mu.Lock()
@@ -296,8 +327,8 @@ func (c *Client) Wait(ctx context.Context) error {
 			n := c.live
 			c.mu.Unlock()
 			if n > 0 {
-				c.log.Error().Int("connections", n).
-					Msg("shutdown: events of these connections were not all delivered to the app and are dropped")
+				c.log.Error().Int("close_events", c.closing.len()).Int("connections", n).
+					Msg("shutdown: close events not delivered to the app in time (cablecar_close_events_abandoned_total); other events of these connections are dropped")
 			}
 			return ctx.Err()
 		}

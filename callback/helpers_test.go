@@ -25,9 +25,11 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if code == 0 {
-		if leak := waitNoGoroutine("callback.(*Stream).run", 5*time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "leaked stream goroutine:\n%s\n", leak)
-			code = 1
+		for _, frame := range []string{"callback.(*Stream).run", "callback.(*closeQueue).run", "callback.(*closeQueue).try"} {
+			if leak := waitNoGoroutine(frame, 5*time.Second); leak != "" {
+				fmt.Fprintf(os.Stderr, "leaked goroutine:\n%s\n", leak)
+				code = 1
+			}
 		}
 	}
 	os.Exit(code)
@@ -280,6 +282,8 @@ func newTestClient(t *testing.T, network, addr string, tweak func(*Config)) *tes
 		Retries:        3,
 		MaxInFlight:    16,
 		CloseRetryFor:  5 * time.Second,
+		// Compressed: a close event's tries are milliseconds apart.
+		CloseBackoffCap: 20 * time.Millisecond,
 	}
 	if tweak != nil {
 		tweak(&cfg)

@@ -38,20 +38,23 @@ const (
 	dropClosed                       // pushed after the close event (or End)
 	dropShutdown                     // Wait's ctx ended
 	dropRetryLimit                   // a close event retried for CloseRetryFor
+	dropOverflow                     // a waiting close event pushed out past MaxPendingCloses
 	numDropReasons
 )
 
-var dropNames = [numDropReasons]string{"rejected", "gone", "upstream", "closed", "shutdown", "retry_limit"}
+var dropNames = [numDropReasons]string{"rejected", "gone", "upstream", "closed", "shutdown", "retry_limit", "overflow"}
 
 // metrics are resolved once, so that counting costs no label lookups.
 type metrics struct {
-	webhooks     [numKinds][numOutcomes]prometheus.Counter
-	duration     [numKinds]prometheus.Observer
-	retries      prometheus.Counter
-	inFlight     prometheus.Gauge
-	events       prometheus.Counter
-	closeDropped prometheus.Counter
-	dropped      [numDropReasons]prometheus.Counter
+	webhooks       [numKinds][numOutcomes]prometheus.Counter
+	duration       [numKinds]prometheus.Observer
+	retries        prometheus.Counter
+	inFlight       prometheus.Gauge
+	events         prometheus.Counter
+	closeDropped   prometheus.Counter
+	closeAbandoned prometheus.Counter
+	closesPending  prometheus.Gauge
+	dropped        [numDropReasons]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -69,7 +72,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cablecar_events_dropped_total",
 		Help: "Events never delivered to the app, by reason (rejected, gone, upstream: retries ran out, " +
-			"closed: pushed after the close event, shutdown, retry_limit: a close event retried for too long).",
+			"closed: pushed after the close event, shutdown, retry_limit: a close event retried for callback.close_retry_for, " +
+			"overflow: a waiting close event pushed out by callback.max_pending_closes newer ones).",
 	}, []string{"reason"})
 	m := &metrics{
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
@@ -86,7 +90,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		closeDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cablecar_close_events_dropped_total",
-			Help: "Close events never delivered to the app: the app's presence counts may be wrong.",
+			Help: "Close events never delivered to the app (rejected, retried for callback.close_retry_for, " +
+				"or pushed out past callback.max_pending_closes): the app's presence counts may be wrong.",
+		}),
+		closeAbandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cablecar_close_events_abandoned_total",
+			Help: "Close events still undelivered when shutdown_timeout ran out. With Redis they stay in the " +
+				"node's record and a surviving node posts them; with the in-memory broker they are lost.",
+		}),
+		closesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "cablecar_close_events_pending",
+			Help: "Close events waiting to be sent again to a failing app; at most callback.max_pending_closes waiting.",
 		}),
 	}
 	for k := range numKinds {
@@ -98,6 +112,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for r := range numDropReasons {
 		m.dropped[r] = dropped.WithLabelValues(dropNames[r])
 	}
-	reg.MustRegister(webhooks, duration, dropped, m.retries, m.inFlight, m.events, m.closeDropped)
+	reg.MustRegister(webhooks, duration, dropped, m.retries, m.inFlight, m.events, m.closeDropped, m.closeAbandoned, m.closesPending)
 	return m
 }

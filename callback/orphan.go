@@ -40,7 +40,9 @@ var (
 // node any more, as its own node would have: to rec.Path with rec.Headers,
 // signed, retried like any close event, with rec's state, channels and
 // claims as the "connection", and the event id of LostCloseN. ev.Type may
-// be left empty; ev.By is what the caller says (node_lost).
+// be left empty; ev.By is what the caller says (node_lost). When rec
+// carries the close event its node numbered before shutting down
+// (rec.Close), that event is posted instead, with its own id.
 //
 // Of the app's reply only publish is carried out, through pub (when not
 // nil): the connection has no socket left for the rest, but the room it
@@ -72,7 +74,15 @@ func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Eve
 	// close events, whose records stay in Redis for a survivor.
 	s := &Stream{c: c, t: lostTarget{info: info, pub: pub, log: c.log, timeout: c.cfg.Timeout}, id: rec.ID, path: rec.Path, headers: rec.Headers,
 		doneCh: make(chan struct{}), abort: abort}
-	s.seq = LostCloseN - 1 // End numbers the close event seq+1
+	n := uint64(LostCloseN)
+	if c := rec.Close; c != nil && c.N > 0 {
+		// Handed over by a node that shut down before the app took it:
+		// posted as that node would have, same id, so that the app drops
+		// it should that node's try have reached it after all.
+		n = c.N
+		ev = Event{Type: EventClose, Code: c.Code, Reason: c.Reason, By: c.By}
+	}
+	s.seq = n - 1 // End numbers the close event seq+1
 	// The caller's ctx ending, or shutdown giving up, abandons the event:
 	// what the stream drops from then on is not counted, since the caller
 	// still holds the record.

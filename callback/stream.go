@@ -2,16 +2,13 @@ package callback
 
 import (
 	"encoding/json"
-	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/valyala/fasthttp"
-
-	"github.com/cablecar/cablecar/auth"
 )
 
 // EventType is the type of an event webhook.
@@ -75,6 +72,20 @@ type queued struct {
 	n  uint64
 }
 
+// span is what identifies a batch once its body is built: the numbers of
+// its first and last events, how many it holds, and whether the last is
+// a close event.
+type span struct {
+	first, last uint64
+	events      int
+	close       bool
+}
+
+func spanOf(batch []queued) span {
+	last := batch[len(batch)-1]
+	return span{first: batch[0].n, last: last.n, events: len(batch), close: last.ev.Type == EventClose}
+}
+
 // Stream is the ordered event stream of one connection: one request in
 // flight at a time, what queues up meanwhile going together in the next.
 //
@@ -97,6 +108,7 @@ type Stream struct {
 	closing      bool          // a close event was pushed, or End called: later pushes are dropped
 	failed       bool          // Fail was called: only a close event is still delivered
 	failReason   dropReason    // why, for what is dropped after
+	parked       bool          // the close event waits in the client's close queue
 	done         bool          // doneCh is closed
 	space        chan struct{} // closed when pending shrinks; made by a Push that waits
 	doneCh       chan struct{}
@@ -115,6 +127,10 @@ type Stream struct {
 	// closeLost is 1 + the reason the close event was dropped; 0 while it
 	// was not.
 	closeLost atomic.Int32
+	// after is called once the close event was delivered or finally
+	// dropped; never when shutdown abandoned it. Guarded by mu until the
+	// close event is queued, then the delivering goroutine's.
+	after func()
 }
 
 // NewStream starts the ordered event stream of one connection. path is the
@@ -146,8 +162,26 @@ func (s *Stream) dropped(reason dropReason, closes, n int) {
 		return
 	}
 	s.c.m.dropped[reason].Add(float64(n))
-	if closes > 0 {
+	switch {
+	case closes == 0:
+	case reason == dropShutdown:
+		// Not lost yet: with Redis, the record stays for another node.
+		s.c.m.closeAbandoned.Add(float64(closes))
+	default:
 		s.c.m.closeDropped.Add(float64(closes))
+	}
+}
+
+// settled says the close event was delivered or finally dropped: the
+// connection's record is no longer needed, nor its place among what
+// shutdown leaves undelivered.
+func (s *Stream) settled() {
+	if s.counted {
+		s.c.closing.remove(s.id)
+	}
+	if f := s.after; f != nil {
+		s.after = nil
+		f()
 	}
 }
 
@@ -162,14 +196,35 @@ func (s *Stream) Done() <-chan struct{} { return s.doneCh }
 // app refused the connection (only its close event is still delivered) or
 // shutdown gave up (Wait's ctx ended): Push then returns at once, also
 // when it was waiting.
-func (s *Stream) Push(ev Event) {
+func (s *Stream) Push(ev Event) { s.push(ev, nil) }
+
+// PushClose pushes the connection's close event, as Push does, and calls
+// after once the app has it or it was finally dropped (rejected, retried
+// for close_retry_for, pushed out of the close queue; refused because the
+// stream was ended): the connection's record in Redis can then go. after
+// runs on the goroutine that settled the event — PushClose's caller's only
+// when it is refused at once — and must not block. It is never called
+// when shutdown abandons the event: the record then stays, and a
+// surviving node posts it (SPEC §5).
+func (s *Stream) PushClose(ev Event, after func()) {
+	ev.Type = EventClose
+	s.push(ev, after)
+}
+
+func (s *Stream) push(ev Event, after func()) {
 	isClose := ev.Type == EventClose
 	s.mu.Lock()
 	for {
 		reason, drop := s.refuseLocked(isClose)
 		if drop {
+			if isClose {
+				s.refusedCloseLocked(ev, reason)
+			}
 			s.mu.Unlock()
 			s.dropped(reason, b2i(isClose), 1)
+			if after != nil && reason != dropShutdown {
+				after()
+			}
 			return
 		}
 		if isClose || len(s.pending) == 0 ||
@@ -187,6 +242,9 @@ func (s *Stream) Push(ev Event) {
 		}
 		s.mu.Lock()
 	}
+	if isClose {
+		s.after = after
+	}
 	s.enqueueLocked(ev)
 	if isClose {
 		// Nothing may follow the close event: a Push waiting for room
@@ -195,6 +253,14 @@ func (s *Stream) Push(ev Event) {
 		s.wakeLocked()
 	}
 	s.mu.Unlock()
+}
+
+// refusedCloseLocked notes a close event refused because shutdown gave
+// up: it is owed all the same, under the number it would have had.
+func (s *Stream) refusedCloseLocked(ev Event, reason dropReason) {
+	if reason == dropShutdown && s.counted {
+		s.c.closing.add(s.id, s.seq+1, ev)
+	}
 }
 
 // refuseLocked says whether an event pushed now is dropped, and why.
@@ -223,6 +289,8 @@ func (s *Stream) End(final *Event) {
 	if final != nil {
 		if reason, drop = s.refuseLocked(final.Type == EventClose); !drop {
 			s.enqueueLocked(*final)
+		} else if final.Type == EventClose {
+			s.refusedCloseLocked(*final, reason)
 		}
 	}
 	s.closing = true
@@ -240,6 +308,9 @@ func (s *Stream) enqueueLocked(ev Event) {
 	s.seq++
 	s.pending = append(s.pending, queued{ev: ev, n: s.seq})
 	s.pendingBytes += len(ev.Data)
+	if ev.Type == EventClose && s.counted {
+		s.c.closing.add(s.id, s.seq, ev)
+	}
 	if !s.running {
 		s.running = true
 		go s.run()
@@ -249,7 +320,7 @@ func (s *Stream) enqueueLocked(ev Event) {
 // finishLocked closes doneCh once the stream is closing with nothing left
 // to deliver and no goroutine delivering.
 func (s *Stream) finishLocked() {
-	if s.done || !s.closing || s.running || len(s.pending) > 0 {
+	if s.done || !s.closing || s.running || s.parked || len(s.pending) > 0 {
 		return
 	}
 	s.done = true
@@ -277,11 +348,12 @@ func (s *Stream) run() {
 		}
 		if len(s.pending) == 0 {
 			s.running = false
-			// An idle connection keeps no large buffers.
-			if cap(s.pending) > 8 {
+			// An idle connection keeps no large buffers, a parked close
+			// event none at all.
+			if cap(s.pending) > 8 || s.parked {
 				s.pending = nil
 			}
-			if cap(s.batch) > 8 {
+			if cap(s.batch) > 8 || s.parked {
 				s.batch = nil
 			}
 			s.finishLocked()
@@ -370,10 +442,14 @@ type result struct {
 	hasRetry   bool
 }
 
-// deliver sends one batch until the app has it, or gives up on it.
+// deliver sends one batch until the app has it, or gives up on it. A
+// batch that ends with the close event and fails its first attempt is
+// parked in the client's close queue rather than retried here: the
+// connection is gone, and what waits must be the event, not the stream's
+// goroutine nor the connection's memory.
 func (s *Stream) deliver(batch []queued) {
 	c := s.c
-	hasClose := batch[len(batch)-1].ev.Type == EventClose
+	sp := spanOf(batch)
 	buf := getBody()
 	*buf = appendBody(*buf, s.id, s.t.Info(), batch)
 	defer putBody(buf)
@@ -381,55 +457,23 @@ func (s *Stream) deliver(batch []queued) {
 	first := time.Now()
 	for attempt := 1; ; attempt++ {
 		if !c.acquire(s.abort) {
-			s.drop(batch, dropShutdown)
+			s.drop(sp, dropShutdown)
 			return
 		}
-		res := s.post(*buf, batch, attempt)
+		res := s.post(*buf, sp, attempt)
 		c.release()
-
-		switch res.outcome {
-		case outcomeOK, outcomeInvalid:
-			c.m.events.Add(float64(len(batch)))
-			if res.outcome == outcomeInvalid {
-				s.log(c.log.Warn(), batch).Int("status", res.status).Err(res.err).
-					Msg("the app's reply is invalid and was ignored")
-			}
-			if res.reply != nil && !res.reply.Empty() {
-				s.t.Apply(res.reply)
-			}
-			return
-		case outcomeGone:
-			// The app knows the connection is gone; a close event it
-			// answers 410 is not lost.
-			if hasClose {
-				s.dropped(dropGone, 0, len(batch)-1)
-				return
-			}
-			s.log(c.log.Info(), batch).Msg("the app answered 410: closing the connection")
-			s.drop(batch, dropGone)
-			s.fail(true)
-			return
-		case outcomeRejected:
-			s.log(c.log.Warn(), batch).Int("status", res.status).Msg("the app rejected events: dropped")
-			s.drop(batch, dropRejected)
+		if s.answered(res, sp) {
 			return
 		}
-
-		// Worth another try.
-		elapsed := time.Since(first)
-		if hasClose {
-			if elapsed >= c.cfg.CloseRetryFor {
-				s.log(c.log.Error(), batch).Int("attempts", attempt).Dur("retried_for", elapsed).
-					Str("outcome", outcomeNames[res.outcome]).Int("status", res.status).AnErr("last_error", res.err).
-					Msg("close event not delivered: the app kept failing; dropped")
-				s.drop(batch, dropRetryLimit)
-				return
-			}
-		} else if attempt > c.cfg.Retries {
-			s.log(c.log.Warn(), batch).Int("attempts", attempt).
+		if sp.close {
+			c.closes.park(s, slices.Clone(*buf), sp, first, attempt, res)
+			return
+		}
+		if attempt > c.cfg.Retries {
+			s.log(c.log.Warn(), sp).Int("attempts", attempt).
 				Str("outcome", outcomeNames[res.outcome]).Int("status", res.status).AnErr("last_error", res.err).
 				Msg("events not delivered: the app kept failing; closing the connection")
-			s.drop(batch, dropUpstream)
+			s.drop(sp, dropUpstream)
 			s.fail(false)
 			return
 		}
@@ -437,17 +481,50 @@ func (s *Stream) deliver(batch []queued) {
 		if res.hasRetry {
 			wait = res.retryAfter
 		}
-		if hasClose {
-			wait = min(wait, c.cfg.CloseRetryFor-elapsed)
-		}
 		c.m.retries.Inc()
-		s.log(c.log.Debug(), batch).Int("attempt", attempt).Str("outcome", outcomeNames[res.outcome]).
+		s.log(c.log.Debug(), sp).Int("attempt", attempt).Str("outcome", outcomeNames[res.outcome]).
 			Int("status", res.status).AnErr("error", res.err).Dur("retry_in", wait).Msg("events will be sent again")
 		if !s.sleep(wait) {
-			s.drop(batch, dropShutdown)
+			s.drop(sp, dropShutdown)
 			return
 		}
 	}
+}
+
+// answered carries out an answer that ends a batch's attempts (2xx, 410,
+// another 4xx) and says so; false when the batch is worth another try.
+func (s *Stream) answered(res result, sp span) bool {
+	c := s.c
+	switch res.outcome {
+	case outcomeOK, outcomeInvalid:
+		c.m.events.Add(float64(sp.events))
+		if res.outcome == outcomeInvalid {
+			s.log(c.log.Warn(), sp).Int("status", res.status).Err(res.err).
+				Msg("the app's reply is invalid and was ignored")
+		}
+		if res.reply != nil && !res.reply.Empty() {
+			s.t.Apply(res.reply)
+		}
+	case outcomeGone:
+		// The app knows the connection is gone; a close event it
+		// answers 410 is not lost.
+		if !sp.close {
+			s.log(c.log.Info(), sp).Msg("the app answered 410: closing the connection")
+			s.drop(sp, dropGone)
+			s.fail(true)
+			return true
+		}
+		s.dropped(dropGone, 0, sp.events-1)
+	case outcomeRejected:
+		s.log(c.log.Warn(), sp).Int("status", res.status).Msg("the app rejected events: dropped")
+		s.drop(sp, dropRejected)
+	default:
+		return false
+	}
+	if sp.close {
+		s.settled()
+	}
+	return true
 }
 
 // sleep pauses for d; false when shutdown gave up meanwhile.
@@ -466,10 +543,10 @@ func (s *Stream) sleep(d time.Duration) bool {
 }
 
 // drop counts a batch that will never reach the app.
-func (s *Stream) drop(batch []queued, reason dropReason) {
-	s.dropped(reason, b2i(batch[len(batch)-1].ev.Type == EventClose), len(batch))
+func (s *Stream) drop(sp span, reason dropReason) {
+	s.dropped(reason, b2i(sp.close), sp.events)
 	if reason == dropShutdown {
-		s.log(s.c.log.Debug(), batch).Msg("shutdown: events dropped")
+		s.log(s.c.log.Debug(), sp).Msg("shutdown: events dropped")
 	}
 }
 
@@ -481,110 +558,13 @@ func b2i(b bool) int {
 }
 
 // log adds what identifies a batch; never a header value nor a body.
-func (s *Stream) log(e *zerolog.Event, batch []queued) *zerolog.Event {
+func (s *Stream) log(e *zerolog.Event, sp span) *zerolog.Event {
 	if !e.Enabled() {
 		return e
 	}
-	first, last := batch[0].n, batch[len(batch)-1].n
-	ids := s.id + ":" + strconv.FormatUint(first, 10)
-	if last != first {
-		ids += "…" + strconv.FormatUint(last, 10)
+	ids := s.id + ":" + strconv.FormatUint(sp.first, 10)
+	if sp.last != sp.first {
+		ids += "…" + strconv.FormatUint(sp.last, 10)
 	}
-	return e.Str("conn_id", s.id).Str("event_ids", ids).Int("events", len(batch))
-}
-
-// Headers of the given list that are not set on event requests: they frame
-// the request or carry Cablecar's own meaning.
-var framingHeaders = map[string]bool{
-	"content-length": true, "transfer-encoding": true, "connection": true, "keep-alive": true,
-	"te": true, "trailer": true, "upgrade": true, "expect": true, "content-type": true,
-	"cablecar-signature": true, "cablecar-connection-id": true,
-}
-
-func skipHeader(name string) bool {
-	if len(name) > len("transfer-encoding") {
-		return false // none of framingHeaders is this long, save the lowering
-	}
-	var b [32]byte
-	lower := b[:0]
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		lower = append(lower, c)
-	}
-	return framingHeaders[string(lower)]
-}
-
-// post makes one attempt of an events request, holding a slot of the cap.
-func (s *Stream) post(body []byte, batch []queued, attempt int) result {
-	c := s.c
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-
-	h := &req.Header
-	h.SetMethod(fasthttp.MethodPost)
-	h.SetRequestURI(s.path)
-	req.UseHostHeader = true
-	for _, kv := range s.headers {
-		if !skipHeader(kv[0]) {
-			h.Set(kv[0], kv[1])
-		}
-	}
-	if len(h.Host()) == 0 {
-		h.SetHost(c.host)
-	}
-	h.SetContentType("application/json")
-	h.Set("Cablecar-Connection-Id", s.id)
-	if c.signer.Enabled() {
-		h.Set(auth.SignatureHeader, c.signer.Sign(time.Now(), body))
-	}
-	req.SetBodyRaw(body)
-
-	c.inFlight.Add(1)
-	c.m.inFlight.Inc()
-	start := time.Now()
-	err := c.hc.DoTimeout(req, resp, c.cfg.Timeout)
-	elapsed := time.Since(start)
-	c.m.inFlight.Dec()
-	c.inFlight.Add(-1)
-	c.m.duration[kindEvents].Observe(elapsed.Seconds())
-
-	res := s.result(resp, err)
-	c.m.webhooks[kindEvents][res.outcome].Inc()
-	s.log(c.log.Debug(), batch).Int("attempt", attempt).Int("status", res.status).
-		Str("outcome", outcomeNames[res.outcome]).Dur("duration", elapsed).Msg("events callback")
-	return res
-}
-
-func (s *Stream) result(resp *fasthttp.Response, err error) result {
-	c := s.c
-	status := resp.StatusCode()
-	if err != nil {
-		if errors.Is(err, fasthttp.ErrBodyTooLarge) && status >= 200 && status < 300 {
-			// The app took the events; only its reply is unusable.
-			return result{outcome: outcomeInvalid, status: status,
-				err: errors.Join(ErrInvalidReply, errors.New("reply body larger than "+strconv.Itoa(c.cfg.MaxReplySize)+" bytes"))}
-		}
-		if !errors.Is(err, fasthttp.ErrBodyTooLarge) {
-			return result{outcome: errOutcome(err), err: err}
-		}
-		// A large error page: its status is what counts.
-	}
-	res := result{outcome: statusOutcome(status), status: status}
-	switch res.outcome {
-	case outcomeOK:
-		if err == nil {
-			res.reply, res.err = ParseReply(resp.Header.ContentType(), resp.Body())
-			if res.err != nil {
-				res.outcome = outcomeInvalid
-			}
-		}
-	case outcomeFailed:
-		res.retryAfter, res.hasRetry = retryAfter(resp.Header.Peek(fasthttp.HeaderRetryAfter), time.Now(), c.retryAfterCap)
-	}
-	return res
+	return e.Str("conn_id", s.id).Str("event_ids", ids).Int("events", sp.events)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -173,6 +174,9 @@ type entry struct {
 	// inRedis: a write of the record may have reached Redis, so untracking
 	// it must delete it there.
 	inRedis bool
+	// close is the close event its connection was given and that
+	// shutdown could not deliver (HandOver); nil otherwise.
+	close *CloseEvent
 }
 
 type nodeKeys struct{ lease, conns, reaper string }
@@ -632,6 +636,7 @@ type op struct {
 	head     []byte
 	state    string
 	channels []string
+	close    *CloseEvent
 	set      bool
 }
 
@@ -757,6 +762,9 @@ func (r *Registry) send(ctx context.Context, ops []op, buf []byte) ([]byte, erro
 	for i := range ops {
 		if ops[i].set {
 			size += len(ops[i].head) + len(ops[i].state) + 32
+			if c := ops[i].close; c != nil {
+				size += 80 + 2*len(c.Reason) + len(c.By)
+			}
 			for _, ch := range ops[i].channels {
 				size += len(ch) + 3
 			}
@@ -813,12 +821,32 @@ func (r *Registry) send(ctx context.Context, ops []op, buf []byte) ([]byte, erro
 	return buf, nil
 }
 
+// HandOver notes the close events this node numbered and could not
+// deliver before shutting down (the callback client's Undelivered), by
+// connection id. Leave then leaves their records in Redis with the event,
+// and the survivor that reaps this node posts each with its own id rather
+// than as a node_lost close (SPEC §5), so that the app drops it should this
+// node's last try have reached it after all. Ids not tracked are ignored:
+// their close event was delivered, or the app does not want one.
+func (r *Registry) HandOver(closes map[string]CloseEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, ev := range closes {
+		if e, ok := r.live[id]; ok {
+			e.close = &ev
+		}
+	}
+}
+
 // Leave is a clean shutdown's last word, once this node's own close
-// events were delivered: it stops Run and deletes the node's records,
-// lease and claim, and its entry in the node set. Changes not yet flushed
-// need no writing: the records go whole. A record still tracked then is a
-// connection whose close event was not delivered; it is logged, not handed
-// over.
+// events were delivered or shutdown_timeout gave up on them: it stops Run.
+// When nothing is tracked any more, it deletes the node's records, lease
+// and claim, and its entry in the node set. A connection still tracked is
+// one whose close event was not delivered (the app is down): its record
+// is written as it stands (with its close event, see HandOver), the lease
+// is released rather than left to lapse, and the node stays listed, so
+// that a surviving node reaps it at its next round and posts those close
+// events (SPEC §5).
 func (r *Registry) Leave(ctx context.Context) error {
 	r.mu.Lock()
 	if !r.closed {
@@ -837,25 +865,74 @@ func (r *Registry) Leave(ctx context.Context) error {
 	}
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
-	r.mu.Lock()
-	left := len(r.live)
-	clear(r.live)
-	clear(r.dirty)
-	r.m.conns.Set(0)
-	r.mu.Unlock()
-	if left > 0 {
-		r.log.Warn().Int("connections", left).
-			Msg("registry: leaving with connections still tracked: their close events were not delivered")
+	ops := r.leftOver()
+	left := 0
+	for i := range ops {
+		left += b2i(ops[i].set)
 	}
-	// Records first: should the rest fail, a survivor finds a node
-	// without a lease and without records, and forgets it.
-	if err := r.rdb.Del(ctx, r.keys.conns, r.keys.lease, r.keys.reaper).Err(); err != nil {
-		return fmt.Errorf("registry: leave: deleting this node's records: %w", err)
+	if left == 0 {
+		// Records first: should the rest fail, a survivor finds a node
+		// without a lease and without records, and forgets it.
+		if err := r.rdb.Del(ctx, r.keys.conns, r.keys.lease, r.keys.reaper).Err(); err != nil {
+			return fmt.Errorf("registry: leave: deleting this node's records: %w", err)
+		}
+		if err := r.rdb.SRem(ctx, r.nodes, r.node).Err(); err != nil {
+			return fmt.Errorf("registry: leave: %w", err)
+		}
+		return nil
 	}
-	if err := r.rdb.SRem(ctx, r.nodes, r.node).Err(); err != nil {
+	// The records are written while the lease still holds (no survivor
+	// reaps a node with a lease, so none can forget it halfway), the node
+	// is listed, and only then is the lease released.
+	if _, err := r.send(ctx, ops, nil); err != nil {
+		return fmt.Errorf("registry: leave: writing the records of %d connections whose close events were not delivered: %w", left, err)
+	}
+	if err := r.rdb.SAdd(ctx, r.nodes, r.node).Err(); err != nil {
 		return fmt.Errorf("registry: leave: %w", err)
 	}
+	if err := r.rdb.Del(ctx, r.keys.lease, r.keys.reaper).Err(); err != nil {
+		return fmt.Errorf("registry: leave: releasing the lease: %w", err)
+	}
+	r.log.Warn().Int("connections", left).
+		Msg("registry: left the close events this node could not deliver in Redis: a surviving node posts them")
 	return nil
+}
+
+// leftOver empties the registry into the writes that bring Redis up to
+// date on leaving: the records of what is still tracked or was given up
+// by a fence, and the deletion of the records of connections untracked
+// since the last flush.
+func (r *Registry) leftOver() []op {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ops := make([]op, 0, len(r.live)+len(r.fencedRecs)+len(r.dirty))
+	for id, e := range r.live {
+		ops = append(ops, op{id: id, head: e.head, state: e.state, channels: e.channels, close: e.close, set: true})
+	}
+	for id, rec := range r.fencedRecs {
+		if _, ok := r.live[id]; !ok {
+			ops = append(ops, op{id: id, head: encodeHead(rec), state: rec.State, channels: rec.Channels, close: rec.Close, set: true})
+		}
+	}
+	for id := range r.dirty {
+		_, live := r.live[id]
+		_, fenced := r.fencedRecs[id]
+		if !live && !fenced {
+			ops = append(ops, op{id: id})
+		}
+	}
+	clear(r.live)
+	clear(r.dirty)
+	clear(r.fencedRecs)
+	r.m.conns.Set(0)
+	return ops
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // reapLoop looks for lost nodes every lease_ttl/3, jittered so that the
@@ -1165,6 +1242,19 @@ func appendRecord(dst []byte, o *op) []byte {
 			dst = jsontext.AppendString(dst, ch)
 		}
 		dst = append(dst, ']')
+	}
+	if c := o.close; c != nil {
+		dst = append(dst, `,"close":{"n":`...)
+		dst = strconv.AppendUint(dst, c.N, 10)
+		dst = append(dst, `,"code":`...)
+		dst = strconv.AppendInt(dst, int64(c.Code), 10)
+		if c.Reason != "" {
+			dst = append(dst, `,"reason":`...)
+			dst = jsontext.AppendString(dst, c.Reason)
+		}
+		dst = append(dst, `,"by":`...)
+		dst = jsontext.AppendString(dst, c.By)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }

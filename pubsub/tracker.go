@@ -11,6 +11,19 @@ type ConnRecord struct {
 	State    string          `json:"state,omitempty"`
 	Channels []string        `json:"channels,omitempty"`
 	Claims   json.RawMessage `json:"claims,omitempty"`
+	// Close is the close event its node numbered and could not deliver
+	// before it shut down (SPEC §5): a survivor posts this one, same id,
+	// rather than a node_lost close. nil for a node that was lost.
+	Close *CloseEvent `json:"close,omitempty"`
+}
+
+// CloseEvent is a close event as its node numbered it: its id is
+// "<connection id>:<N>".
+type CloseEvent struct {
+	N      uint64 `json:"n"`
+	Code   int    `json:"code"`
+	Reason string `json:"reason,omitempty"`
+	By     string `json:"by"`
 }
 
 // Tracker keeps a record of this node's live connections where other nodes

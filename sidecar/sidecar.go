@@ -112,6 +112,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		ucfg.Tracker = registry
 	}
 	broker := pubsub.Metered(inner, reg)
+	cb.SetPublisher(broker) // replies to close events that had to wait
 	ws := upgrade.New(ucfg, log, reg, cb, broker, p.PrepareHeaders)
 	if err := broker.Start(context.Background(), ws.Hub()); err != nil {
 		return nil, fmt.Errorf("starting the broker: %w", err)
@@ -210,6 +211,9 @@ func callbackConfig(cfg *config.Config) callback.Config {
 		Retries:        cfg.Callback.Retries,
 		Secrets:        cfg.Callback.Secret,
 		MaxInFlight:    cfg.Callback.MaxInFlight,
+		// Close events outlive app outages (SPEC §3).
+		CloseRetryFor:    cfg.Callback.CloseRetryFor,
+		MaxPendingCloses: cfg.Callback.MaxPendingCloses,
 	}
 }
 
@@ -291,6 +295,10 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	return s.shutdown()
 }
 
+// handOverTime is what shutdown keeps, out of shutdown_timeout, to leave
+// the close events it could not deliver in Redis for another node.
+func handOverTime(timeout time.Duration) time.Duration { return min(timeout/5, 2*time.Second) }
+
 func (s *Sidecar) shutdown() error {
 	start := time.Now()
 	s.log.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("shutting down: not ready, no new connections, closing WebSockets, finishing in-flight requests")
@@ -306,13 +314,28 @@ func (s *Sidecar) shutdown() error {
 		if err := s.ws.Shutdown(ctx); err != nil {
 			s.log.Warn().Int("open", s.ws.Hub().Count()).Msg("shutdown_timeout reached while closing WebSockets: cut the rest")
 		}
-		if err := s.cb.Wait(ctx); err != nil {
-			s.log.Error().Msg("shutdown_timeout reached before every close event was delivered; the rest are dropped (see cablecar_close_events_dropped_total)")
-		}
+		// With Redis, what cannot be delivered in time is handed to
+		// another node: that takes a few round trips, kept out of the
+		// time close events are given.
+		wctx := ctx
 		if s.registry != nil {
-			// Our own close events are out: no other node need send them.
+			var wcancel context.CancelFunc
+			wctx, wcancel = context.WithTimeout(ctx, s.cfg.ShutdownTimeout-handOverTime(s.cfg.ShutdownTimeout)-time.Since(start))
+			defer wcancel()
+		}
+		// On failure Wait logs how many close events were not delivered
+		// and counts them (cablecar_close_events_abandoned_total).
+		err := s.cb.Wait(wctx)
+		if s.registry != nil {
+			if err != nil {
+				// The app is down: those close events stay in this node's
+				// record, and a surviving node posts them, same ids.
+				s.registry.HandOver(s.cb.Undelivered())
+			}
+			// Whatever is still tracked stays in Redis for a survivor;
+			// the rest of the node's record goes.
 			if err := s.registry.Leave(ctx); err != nil {
-				s.log.Warn().Err(err).Msg("removing this node's record from Redis; other nodes will clean it up")
+				s.log.Warn().Err(err).Msg("leaving Redis; other nodes post this node's close events once its lease lapses")
 			}
 			s.stopReaper()
 			<-s.reaperDone

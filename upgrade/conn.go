@@ -529,15 +529,16 @@ func (c *Conn) teardown() {
 		// with by: node_lost; a second one would count it closed twice.
 		c.stream.End(nil)
 	} else if c.events.has(eventClose) {
-		c.stream.Push(callback.Event{Type: callback.EventClose, Code: code, Reason: end.reason, By: end.by})
+		// The record goes once the close event is delivered (or finally
+		// dropped): should this node die, or shut down, before that,
+		// another one posts it. Nothing here waits for it, so a close
+		// event the app makes wait keeps no part of the connection.
+		var untrack func()
 		if t := c.hub.cfg.Tracker; t != nil {
-			// The record goes once the close event is delivered: should this
-			// node die before that, another one posts it.
-			go func() {
-				<-c.stream.Done()
-				t.Untrack(c.id)
-			}()
+			id := c.id
+			untrack = func() { t.Untrack(id) }
 		}
+		c.stream.PushClose(callback.Event{Code: code, Reason: end.reason, By: end.by}, untrack)
 	} else {
 		c.stream.End(nil)
 	}
