@@ -3,6 +3,7 @@ package upgrade
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"slices"
 	"sync"
@@ -98,6 +99,42 @@ type Conn struct {
 	tokensAt int64
 }
 
+// awaitRecord lets the tracker's record of the connection reach Redis
+// before the app hears of it, so that a close the app will wait for cannot
+// be lost with this node. It shares the tracker's next batched write, a few
+// milliseconds while Redis is well. While the broker is away the record
+// cannot be written however long one waits: the connection then waits no
+// longer than a first look (an accept must not hang on a broker outage; the
+// record is written when Redis is back). The broker's health is looked at
+// only after that first look, because it is the health of its subscriber
+// connection, which may still be reconnecting when Redis is already back.
+func (c *Conn) awaitRecord() {
+	cfg := &c.hub.cfg
+	w, ok := cfg.Tracker.(interface{ Written(context.Context) error })
+	if !ok || !c.events.has(eventClose) {
+		return
+	}
+	deadline := time.Now().Add(cfg.BrokerTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), min(recordLook, time.Until(deadline)))
+		err := w.Written(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(deadline) || !c.hub.brokerReady() {
+			// Debug: while Redis is away the broker has said so once already.
+			c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
+			return
+		}
+	}
+}
+
+// recordLook is how long a wait for the connection's record goes before
+// it looks whether the broker is still there: many times what the record
+// takes while Redis is well.
+const recordLook = 100 * time.Millisecond
+
 // run is the read loop: the life of the connection after the 101.
 func (c *Conn) run(ws *websocket.Conn) {
 	now := time.Now().UnixNano()
@@ -115,19 +152,14 @@ func (c *Conn) run(ws *websocket.Conn) {
 		t.Track(pubsub.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
 			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
 		c.mu.Unlock()
-		// The record is in Redis before the app hears of the connection,
-		// so that a close the app will wait for cannot be lost with this
-		// node. It shares the tracker's next batched write; it waits no
-		// longer than the time after which a broken Redis is reported.
-		if w, ok := t.(interface{ Written(context.Context) error }); ok {
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
-			if err := w.Written(ctx); err != nil {
-				// Debug: while Redis is away the broker has said so once already.
-				c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
-			}
-			cancel()
-		}
 	}
+	// Before the socket is handed to the writer: what the client is sent
+	// comes after its record is in Redis, as the open event does, so a
+	// client that got its first message has a close event coming whatever
+	// happens to this node.
+	c.awaitRecord()
+	// The wait was ours: the client's silence counts from here.
+	c.lastSeen.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	c.raw = ws.NetConn()
 	if u, ok := c.raw.(interface{ UnsafeConn() net.Conn }); ok {

@@ -262,3 +262,133 @@ func TestPongsCoalesce(t *testing.T) {
 		t.Fatal("the pinging client was closed")
 	}
 }
+
+// flakyBroker is the memory broker behind a switch: while down it is not
+// ready and a subscription hangs until its caller gives up, as Redis does
+// when it is away. It counts the subscriptions it holds per channel.
+type flakyBroker struct {
+	*pubsub.Memory
+	down atomic.Bool
+	mu   sync.Mutex
+	refs map[string]int
+}
+
+func newFlakyBroker() *flakyBroker {
+	return &flakyBroker{Memory: pubsub.NewMemory(), refs: map[string]int{}}
+}
+
+func (b *flakyBroker) Ready(ctx context.Context) error {
+	if b.down.Load() {
+		return errors.New("broker down")
+	}
+	return b.Memory.Ready(ctx)
+}
+
+func (b *flakyBroker) Subscribe(ctx context.Context, ch string) error {
+	if b.down.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if err := b.Memory.Subscribe(ctx, ch); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.refs[ch]++
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *flakyBroker) Unsubscribe(ctx context.Context, ch string) error {
+	b.mu.Lock()
+	b.refs[ch]--
+	b.mu.Unlock()
+	return b.Memory.Unsubscribe(ctx, ch)
+}
+
+func (b *flakyBroker) held(ch string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.refs[ch]
+}
+
+// stuckTracker never gets its records written, like a registry whose
+// Redis is away.
+type stuckTracker struct{}
+
+func (stuckTracker) Track(pubsub.ConnRecord)           {}
+func (stuckTracker) Update(string, string, []string)   {}
+func (stuckTracker) Untrack(string)                    {}
+func (stuckTracker) Written(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+
+// With the broker away, a handshake asking for a channel is accepted at
+// once and its client's first message reaches the app well within the
+// broker's 5 s timeout; the subscription is made when the broker is back,
+// and broadcasts then arrive. A connection gone before that leaves no
+// subscription behind.
+func TestAcceptWhileBrokerDown(t *testing.T) {
+	app := startFakeApp(t)
+	b := newFlakyBroker()
+	n := startNodeWith(t, app, Config{Tracker: stuckTracker{}}, b)
+	b.down.Store(true)
+
+	start := time.Now()
+	ws, _ := dial(t, n.url+"/chat?sub=room:1")
+	gone, _ := dial(t, n.url+"/chat?sub=room:2")
+	if err := ws.WriteMessage(websocket.TextMessage, []byte("echo:first")); err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, got, err := ws.ReadMessage(); err != nil || string(got) != "first" {
+		t.Fatalf("with the broker down: read %q, %v; want the echo of the first message", got, err)
+	}
+	// A contract deadline with a margin: the broker's timeout is 5 s.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("with the broker down, the first echo took %s", d)
+	}
+	gone.Close()
+	waitFor(t, "the closed client to be gone", func() bool { return n.server.Hub().Count() == 1 })
+
+	b.down.Store(false)
+	waitFor(t, "the subscription to reach the broker", func() bool { return b.held("room:1") == 1 })
+	if err := n.broker.Publish(context.Background(), pubsub.Message{Channel: "room:1", Data: []byte("back")}); err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, got, err := ws.ReadMessage(); err != nil || string(got) != "back" {
+		t.Fatalf("after the broker came back: read %q, %v", got, err)
+	}
+	if h := b.held("room:2"); h != 0 {
+		t.Errorf("a connection that left while the broker was down holds %d subscriptions to its channel", h)
+	}
+	n.server.hub.chmu.RLock()
+	pending := len(n.server.hub.pending)
+	n.server.hub.chmu.RUnlock()
+	if pending != 0 {
+		t.Errorf("%d channels still pending", pending)
+	}
+}
+
+// A connection waiting for its record to reach the broker stops waiting
+// when the broker goes away meanwhile, rather than after the broker's
+// timeout; and the heartbeat does not count that wait as the client's
+// silence.
+func TestRecordWaitEndsWhenBrokerGoes(t *testing.T) {
+	app := startFakeApp(t)
+	b := newFlakyBroker()
+	n := startNodeWith(t, app, Config{Tracker: stuckTracker{}, PingInterval: 100 * time.Millisecond,
+		PongTimeout: 300 * time.Millisecond}, b)
+	start := time.Now()
+	ws, _ := dial(t, n.url+"/chat")
+	b.down.Store(true)
+	if err := ws.WriteMessage(websocket.TextMessage, []byte("echo:first")); err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, got, err := ws.ReadMessage(); err != nil || string(got) != "first" {
+		t.Fatalf("read %q, %v; want the echo of the first message", got, err)
+	}
+	// A contract deadline with a margin: the broker's timeout is 5 s.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("with the broker gone while the record was awaited, the first echo took %s", d)
+	}
+}
