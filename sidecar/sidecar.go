@@ -236,6 +236,7 @@ func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Confi
 		PingInterval:   ws.PingInterval,
 		PongTimeout:    ws.PongTimeout,
 		SendQueue:      ws.SendQueue,
+		SendQueueBytes: ws.SendQueueBytes,
 		MaxMessageSize: ws.MaxMessageSize,
 		RatePerSecond:  ws.RateLimit.PerSecond,
 		RateBurst:      ws.RateLimit.Burst,

@@ -149,7 +149,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		c.eventsPath = requestURI
 	}
 	if body := resp.Body(); len(body) > 0 {
-		c.queue = append(c.queue, outgoing{data: bytes.Clone(body), size: len(body)})
+		c.enqueue(outgoing{data: bytes.Clone(body), size: len(body)})
 	}
 	if !s.hub.add(c) {
 		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "shutting_down",

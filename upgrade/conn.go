@@ -4,14 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 	"github.com/rs/zerolog"
@@ -39,27 +36,6 @@ const (
 // closeNoFrame is reported when the peer went away without a close frame
 // (RFC 6455 §7.1.5: "abnormal closure"); it is never sent on the wire.
 const closeNoFrame = websocket.CloseAbnormalClosure
-
-// outgoing is one queued write: a shared broadcast frame, a message of this
-// connection alone, or a ping.
-type outgoing struct {
-	prepared *websocket.PreparedMessage
-	data     []byte
-	binary   bool
-	ping     bool // a ping frame
-	pong     bool // a pong frame carrying data
-	size     int
-}
-
-// closing is what ends a connection, decided once by whoever got there
-// first; it becomes the close frame Cablecar sends (when it ends the
-// connection) and the close event the app receives.
-type closing struct {
-	code   int
-	reason string
-	by     string
-	send   bool // Cablecar sends a close frame (false: the peer did, or is gone)
-}
 
 // Conn is one upgraded client connection.
 //
@@ -96,6 +72,9 @@ type Conn struct {
 
 	mu       sync.Mutex
 	queue    []outgoing
+	pingDue  bool   // a heartbeat ping waits for the writer
+	pongDue  bool   // a pong carrying pong waits for the writer
+	pong     []byte // the latest ping's data
 	writing  bool
 	end      *closing // set once
 	endSent  bool     // the writer has taken end
@@ -105,6 +84,9 @@ type Conn struct {
 	state    string
 	channels []string
 
+	// queued is the payload bytes enqueued and not yet written, those the
+	// writer holds included: raised under mu, lowered by the writer.
+	queued    atomic.Int64
 	lastSeen  atomic.Int64 // unix nanos of the last frame from the client
 	closeBy   atomic.Int64 // unix nanos after which the socket is cut; 0 = not closing
 	paused    atomic.Bool  // the read loop waits on the app: silence is ours, not the client's
@@ -117,226 +99,41 @@ type Conn struct {
 	tokensAt int64
 }
 
-// enqueue hands a message to the writer. A full queue closes the connection
-// as slow: its client is not keeping up, and holding more for it would take
-// memory from everyone else.
-func (c *Conn) enqueue(o outgoing) {
-	c.mu.Lock()
-	if c.end != nil {
-		c.mu.Unlock()
-		return
-	}
-	if len(c.queue) >= c.hub.cfg.SendQueue {
-		c.mu.Unlock()
-		c.hub.metrics.queueDrops.Inc()
-		c.closeWith(websocket.ClosePolicyViolation, "send queue full: client too slow", BySlow)
-		return
-	}
-	c.queue = append(c.queue, o)
-	c.kickLocked()
-	c.mu.Unlock()
-}
-
-// kickLocked starts the writer if there is work, a socket, and no writer.
-func (c *Conn) kickLocked() {
-	if c.writing || c.torn || c.ws.Load() == nil || (len(c.queue) == 0 && (c.end == nil || c.endSent || !c.end.send)) {
-		return
-	}
-	c.writing = true
-	c.writers.Add(1)
-	go c.writeLoop()
-}
-
-// writeLoop is the connection's only writer of data frames. It takes the
-// whole queue at once, writes it without holding the lock, and exits when
-// the queue is empty.
-func (c *Conn) writeLoop() {
-	defer c.writers.Done()
-	ws := c.ws.Load()
-	var batch []outgoing
-	for {
-		c.mu.Lock()
-		var end *closing
-		if c.end != nil && c.end.send && !c.endSent && len(c.queue) == 0 {
-			end = c.end
-			c.endSent = true
-		}
-		if len(c.queue) == 0 && end == nil {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		batch, c.queue = c.queue, batch[:0]
-		c.mu.Unlock()
-
-		deadline := time.Now().Add(c.hub.cfg.WriteTimeout)
-		if err := ws.NetConn().SetWriteDeadline(deadline); err != nil {
-			c.writeFailed(err)
-			return
-		}
-		for i := range batch {
-			if err := c.write(ws, &batch[i], deadline); err != nil {
-				c.writeFailed(err)
-				return
-			}
-			batch[i] = outgoing{}
-		}
-		batch = batch[:0]
-		if end != nil {
-			msg := websocket.FormatCloseMessage(end.code, end.reason)
-			if err := ws.WriteControl(websocket.CloseMessage, msg, deadline); err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-				c.writeFailed(err)
-				return
-			}
-		}
-	}
-}
-
-func (c *Conn) write(ws *websocket.Conn, o *outgoing, deadline time.Time) error {
-	m := c.hub.metrics
-	switch {
-	case o.ping:
-		m.pings.Inc()
-		return ws.WriteControl(websocket.PingMessage, nil, deadline)
-	case o.pong:
-		return ws.WriteControl(websocket.PongMessage, o.data, deadline)
-	case o.prepared != nil:
-		if err := ws.WritePreparedMessage(o.prepared); err != nil {
-			return err
-		}
-	default:
-		typ := websocket.TextMessage
-		if o.binary {
-			typ = websocket.BinaryMessage
-		}
-		if err := ws.WriteMessage(typ, o.data); err != nil {
-			return err
-		}
-	}
-	m.messagesOut.Inc()
-	m.bytesOut.Add(float64(o.size))
-	return nil
-}
-
-// writeFailed ends a connection whose socket cannot be written to: a write
-// deadline passed (the client stopped reading) or the socket is gone.
-func (c *Conn) writeFailed(err error) {
-	c.mu.Lock()
-	c.writing = false
-	c.queue = nil
-	c.mu.Unlock()
-	by := ByClient
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		by = BySlow
-	}
-	c.decide(closing{code: closeNoFrame, reason: "write failed", by: by})
-	c.cut()
-}
-
-// closeWith ends the connection from Cablecar's side: the close frame is
-// sent after what is already queued (so that an app's reply of messages
-// followed by a close arrives whole), except for a slow client, whose queue
-// is dropped. The socket is cut if the client has not answered within the
-// close timeout.
-func (c *Conn) closeWith(code int, reason, by string) {
-	c.closeWithin(code, reason, by, c.hub.cfg.CloseTimeout)
-}
-
-// closeWithin is closeWith with the time the client has to answer.
-func (c *Conn) closeWithin(code int, reason, by string, wait time.Duration) {
-	if !c.decide(closing{code: code, reason: reason, by: by, send: true}) {
-		return
-	}
-	c.mu.Lock()
-	if by == BySlow {
-		c.queue = nil
-		// Our close frame is stuck behind the write the client is not
-		// reading; waiting long for its answer would only delay the close
-		// event.
-		wait = min(wait, slowCloseWait)
-	}
-	c.kickLocked()
-	c.mu.Unlock()
-	c.closeBy.Store(time.Now().Add(wait).UnixNano())
-}
-
-// slowCloseWait is how long a client closed as slow has to take our close
-// frame before its socket is cut.
-const slowCloseWait = time.Second
-
-// decide records how the connection ends; the first caller wins.
-func (c *Conn) decide(e closing) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.end != nil {
-		return false
-	}
-	c.end = &e
-	return true
-}
-
-// cut closes the socket at once; the read loop then tears down. The lock
-// keeps it from touching a socket that teardown has handed back to the
-// server (closing does not block, unlike a write).
-func (c *Conn) cut() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.raw != nil && !c.torn {
-		c.raw.Close()
-	}
-}
-
-// heartbeat is the hub ticker's visit: ping when due, close a connection
-// that has been silent too long, cut a close handshake that takes too long.
-func (c *Conn) heartbeat(now int64) {
+// awaitRecord lets the tracker's record of the connection reach Redis
+// before the app hears of it, so that a close the app will wait for cannot
+// be lost with this node. It shares the tracker's next batched write, a few
+// milliseconds while Redis is well. While the broker is away the record
+// cannot be written however long one waits: the connection then waits no
+// longer than a first look (an accept must not hang on a broker outage; the
+// record is written when Redis is back). The broker's health is looked at
+// only after that first look, because it is the health of its subscriber
+// connection, which may still be reconnecting when Redis is already back.
+func (c *Conn) awaitRecord() {
 	cfg := &c.hub.cfg
-	if c.ws.Load() == nil {
-		// Accepted but the 101 was never written (the client left): nothing
-		// will ever run this connection's read loop.
-		if now-c.createdAt > int64(cfg.HandshakeTimeout) {
-			c.abandon()
+	w, ok := cfg.Tracker.(interface{ Written(context.Context) error })
+	if !ok || !c.events.has(eventClose) {
+		return
+	}
+	deadline := time.Now().Add(cfg.BrokerTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), min(recordLook, time.Until(deadline)))
+		err := w.Written(ctx)
+		cancel()
+		if err == nil {
+			return
 		}
-		return
-	}
-	if by := c.closeBy.Load(); by != 0 {
-		if now > by {
-			c.cut()
+		if !errors.Is(err, context.DeadlineExceeded) || !time.Now().Before(deadline) || !c.hub.brokerReady() {
+			// Debug: while Redis is away the broker has said so once already.
+			c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
+			return
 		}
-		return
-	}
-	if c.expires != 0 && now > c.expires {
-		c.closeWith(websocket.ClosePolicyViolation, "token expired", ByExpired)
-		return
-	}
-	if c.paused.Load() {
-		return
-	}
-	if now-c.lastSeen.Load() > int64(cfg.PongTimeout) {
-		c.closeWith(websocket.CloseGoingAway, "no pong", ByTimeout)
-		// A silent client will not answer the close frame either.
-		c.closeBy.Store(now)
-		return
-	}
-	if c.nextPing == 0 {
-		// Spread the pings of connections made in the same instant over
-		// the interval rather than sending them all on one tick.
-		c.nextPing = now + rand.Int64N(int64(cfg.PingInterval))
-	}
-	if now >= c.nextPing {
-		c.nextPing = now + int64(cfg.PingInterval)
-		c.enqueuePing()
 	}
 }
 
-func (c *Conn) enqueuePing() {
-	c.mu.Lock()
-	if c.end == nil && len(c.queue) < c.hub.cfg.SendQueue {
-		c.queue = append(c.queue, outgoing{ping: true})
-		c.kickLocked()
-	}
-	c.mu.Unlock()
-}
+// recordLook is how long a wait for the connection's record goes before
+// it looks whether the broker is still there: many times what the record
+// takes while Redis is well.
+const recordLook = 100 * time.Millisecond
 
 // run is the read loop: the life of the connection after the 101.
 func (c *Conn) run(ws *websocket.Conn) {
@@ -345,39 +142,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	cfg := &c.hub.cfg
 	c.tokens, c.tokensAt = float64(cfg.RateBurst), now
 
-	ws.SetReadLimit(cfg.MaxMessageSize)
-	// Control frames are handled inside ReadMessage and never returned
-	// from it, so they count as signs of life here.
-	ws.SetPongHandler(func(string) error {
-		c.lastSeen.Store(time.Now().UnixNano())
-		return nil
-	})
-	ws.SetPingHandler(func(data string) error {
-		c.lastSeen.Store(time.Now().UnixNano())
-		// The pong goes through the writer's queue: one goroutine writes.
-		c.mu.Lock()
-		if c.end == nil && len(c.queue) < cfg.SendQueue {
-			c.queue = append(c.queue, outgoing{pong: true, data: []byte(data)})
-			c.kickLocked()
-		}
-		c.mu.Unlock()
-		return nil
-	})
-	ws.SetCloseHandler(func(code int, text string) error {
-		c.decide(closing{code: code, reason: text, by: ByClient})
-		// Answer the client's close frame if we have not sent ours.
-		c.mu.Lock()
-		sent := c.endSent
-		c.mu.Unlock()
-		if !sent {
-			msg := websocket.FormatCloseMessage(code, "")
-			if code == websocket.CloseNoStatusReceived {
-				msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-			}
-			_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(cfg.WriteTimeout))
-		}
-		return nil
-	})
+	c.setHandlers(ws)
 
 	// The stream exists before the writer can run: Apply is only ever
 	// called through it, and teardown needs it.
@@ -387,19 +152,14 @@ func (c *Conn) run(ws *websocket.Conn) {
 		t.Track(pubsub.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
 			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
 		c.mu.Unlock()
-		// The record is in Redis before the app hears of the connection,
-		// so that a close the app will wait for cannot be lost with this
-		// node. It shares the tracker's next batched write; it waits no
-		// longer than the time after which a broken Redis is reported.
-		if w, ok := t.(interface{ Written(context.Context) error }); ok {
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
-			if err := w.Written(ctx); err != nil {
-				// Debug: while Redis is away the broker has said so once already.
-				c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
-			}
-			cancel()
-		}
 	}
+	// Before the socket is handed to the writer: what the client is sent
+	// comes after its record is in Redis, as the open event does, so a
+	// client that got its first message has a close event coming whatever
+	// happens to this node.
+	c.awaitRecord()
+	// The wait was ours: the client's silence counts from here.
+	c.lastSeen.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	c.raw = ws.NetConn()
 	if u, ok := c.raw.(interface{ UnsafeConn() net.Conn }); ok {
@@ -416,86 +176,6 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.teardown()
 }
 
-func (c *Conn) readLoop(ws *websocket.Conn) {
-	cfg := &c.hub.cfg
-	m := c.hub.metrics
-	for {
-		typ, data, err := ws.ReadMessage()
-		now := time.Now().UnixNano()
-		c.lastSeen.Store(now)
-		if err != nil {
-			c.readFailed(err)
-			return
-		}
-		m.messagesIn.Inc()
-		m.bytesIn.Add(float64(len(data)))
-		if c.ending() {
-			continue // waiting for the client's close frame; late data is dropped
-		}
-		if cfg.RatePerSecond > 0 && !c.allow(now) {
-			c.closeWith(websocket.ClosePolicyViolation, "rate limit exceeded", ByRateLimit)
-			continue
-		}
-		binary := typ == websocket.BinaryMessage
-		if !binary && !utf8.Valid(data) {
-			c.closeWith(websocket.CloseInvalidFramePayloadData, "invalid UTF-8", ByProtocol)
-			continue
-		}
-		if !c.events.has(eventMessage) {
-			continue
-		}
-		c.paused.Store(true)
-		c.stream.Push(callback.Event{Type: callback.EventMessage, Data: data, Binary: binary})
-		c.paused.Store(false)
-		c.lastSeen.Store(time.Now().UnixNano())
-	}
-}
-
-func (c *Conn) ending() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.end != nil
-}
-
-// allow is the token bucket of websocket.rate_limit.
-func (c *Conn) allow(now int64) bool {
-	cfg := &c.hub.cfg
-	c.tokens += float64(now-c.tokensAt) / float64(time.Second) * float64(cfg.RatePerSecond)
-	c.tokensAt = now
-	if max := float64(cfg.RateBurst); c.tokens > max {
-		c.tokens = max
-	}
-	if c.tokens < 1 {
-		return false
-	}
-	c.tokens--
-	return true
-}
-
-// readFailed records why reading stopped, unless the end was decided
-// already (then this error is only its consequence).
-func (c *Conn) readFailed(err error) {
-	var ce *websocket.CloseError
-	switch {
-	case errors.As(err, &ce):
-		c.decide(closing{code: ce.Code, reason: ce.Text, by: ByClient})
-	case errors.Is(err, websocket.ErrReadLimit):
-		// The library has sent the 1009 close frame itself.
-		c.decide(closing{code: websocket.CloseMessageTooBig, reason: "message too big", by: ByTooBig})
-	case isNetErr(err):
-		c.decide(closing{code: closeNoFrame, by: ByClient})
-	default:
-		// Anything else the library reports is a protocol error, for which
-		// it has sent a 1002 close frame.
-		c.decide(closing{code: websocket.CloseProtocolError, reason: err.Error(), by: ByProtocol})
-	}
-}
-
-func isNetErr(err error) bool {
-	var ne net.Error
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne)
-}
-
 // teardown runs once, when the read loop has ended.
 //
 // When it returns, the server takes the socket back, so no writer may be
@@ -507,7 +187,7 @@ func (c *Conn) teardown() {
 	channels := c.channels
 	c.channels = nil
 	c.torn = true
-	c.queue = nil
+	c.dropQueueLocked()
 	c.mu.Unlock()
 	c.writers.Wait()
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -38,6 +39,14 @@ type Hub struct {
 
 	chmu     sync.RWMutex
 	channels map[string]map[*Conn]struct{}
+	// pending are the joins the broker has not taken yet (it was away),
+	// by channel; retrying says the goroutine retrying them runs.
+	pending  map[string]map[*Conn]struct{}
+	retrying bool
+
+	// The broker's health as last seen, so that accepts do not each ask.
+	readyAt atomic.Int64 // unix nanos of the last check
+	readyOK atomic.Bool
 
 	// mu orders registration against shutdown: once closing is set no
 	// connection is added, so Shutdown's sweep sees every one.
@@ -45,6 +54,9 @@ type Hub struct {
 	closing bool
 	live    sync.WaitGroup // connections not yet torn down
 
+	// ctx ends with the hub: broker calls made for the hub alone end with it.
+	ctx      context.Context
+	cancel   context.CancelFunc
 	stop     chan struct{}
 	stopOnce sync.Once
 	tickerWG sync.WaitGroup
@@ -59,8 +71,10 @@ func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *H
 		node:     cfg.Node,
 		seed:     maphash.MakeSeed(),
 		channels: map[string]map[*Conn]struct{}{},
+		pending:  map[string]map[*Conn]struct{}{},
 		stop:     make(chan struct{}),
 	}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
 	if h.node == "" {
 		h.node = pubsub.NewNodeID()
 	}
@@ -124,40 +138,6 @@ func (h *Hub) Count() int {
 		s.mu.RUnlock()
 	}
 	return n
-}
-
-// join subscribes c to channel: locally at once, and through the broker,
-// which confirms before join returns.
-func (h *Hub) join(ctx context.Context, c *Conn, channel string) error {
-	if err := h.broker.Subscribe(ctx, channel); err != nil {
-		return err
-	}
-	h.chmu.Lock()
-	set := h.channels[channel]
-	if set == nil {
-		set = map[*Conn]struct{}{}
-		h.channels[channel] = set
-	}
-	set[c] = struct{}{}
-	h.chmu.Unlock()
-	return nil
-}
-
-// leave undoes join.
-func (h *Hub) leave(c *Conn, channel string) {
-	h.chmu.Lock()
-	if set := h.channels[channel]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(h.channels, channel)
-		}
-	}
-	h.chmu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.BrokerTimeout)
-	defer cancel()
-	if err := h.broker.Unsubscribe(ctx, channel); err != nil {
-		h.log.Warn().Err(err).Str("channel", channel).Msg("broker unsubscribe failed")
-	}
 }
 
 var connSlices = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
@@ -316,7 +296,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	h.stopOnce.Do(func() { close(h.stop) })
+	h.stopOnce.Do(func() { close(h.stop); h.cancel() })
 	h.tickerWG.Wait()
 	return err
 }

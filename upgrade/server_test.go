@@ -114,6 +114,12 @@ type testNode struct {
 
 func startNode(t testing.TB, app *fakeApp, cfg Config) *testNode {
 	t.Helper()
+	return startNodeWith(t, app, cfg, pubsub.NewMemory())
+}
+
+// startNodeWith is startNode with a broker of the test's own.
+func startNodeWith(t testing.TB, app *fakeApp, cfg Config, broker pubsub.Broker) *testNode {
+	t.Helper()
 	if cfg.PingInterval == 0 {
 		cfg.PingInterval, cfg.PongTimeout = time.Second, 3*time.Second
 	}
@@ -129,7 +135,6 @@ func startNode(t testing.TB, app *fakeApp, cfg Config) *testNode {
 		Network: "tcp", Address: app.addr, ConnectTimeout: time.Second,
 		Timeout: 5 * time.Second, Retries: 1, MaxInFlight: 64,
 	}, zeroLogger(), reg)
-	broker := pubsub.NewMemory()
 	prepare := func(ctx *fasthttp.RequestCtx, h *fasthttp.RequestHeader) string {
 		ctx.Request.Header.CopyTo(h)
 		h.Del("Connection")

@@ -32,6 +32,7 @@ type Config struct {
 	PingInterval   time.Duration
 	PongTimeout    time.Duration
 	SendQueue      int   // messages
+	SendQueueBytes int64 // payload bytes not yet written; 0 = 1 MiB
 	MaxMessageSize int64 // bytes
 	RatePerSecond  int   // 0 = unlimited
 	RateBurst      int
@@ -63,6 +64,9 @@ func (c *Config) setDefaults() {
 	def(&c.CloseTimeout, 5*time.Second)
 	def(&c.HandshakeTimeout, 10*time.Second)
 	def(&c.BrokerTimeout, 5*time.Second)
+	if c.SendQueueBytes <= 0 {
+		c.SendQueueBytes = 1 << 20
+	}
 	if c.RateBurst < 1 {
 		c.RateBurst = 1
 	}
