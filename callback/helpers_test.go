@@ -20,21 +20,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// TestMain fails the run when a stream's goroutine outlives the tests:
-// each must end once its queue is empty.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		for _, frame := range []string{"callback.(*Stream).run", "callback.(*closeQueue).run", "callback.(*closeQueue).try"} {
-			if leak := waitNoGoroutine(frame, 5*time.Second); leak != "" {
-				fmt.Fprintf(os.Stderr, "leaked goroutine:\n%s\n", leak)
-				code = 1
-			}
-		}
-	}
-	os.Exit(code)
-}
-
 func waitNoGoroutine(frame string, within time.Duration) string {
 	deadline := time.Now().Add(within)
 	for {

@@ -14,6 +14,12 @@ import (
 // paragraph, §4): a broadcast, a /send or a /close reaches a connection
 // whichever node it is on, and each node subscribes in Redis only to the
 // channels its own clients listen to.
+//
+// TestMultiNode starts three nodes and runs its subtests against them, each
+// a function multiNode<name> (NoMissAfterReady is multiNodeNoMiss). Run one
+// with
+//
+//	go test -race -count=1 -run 'TestMultiNode/AdminSend$' ./e2e/
 
 const (
 	// brokerWait bounds what crosses Redis: a broadcast, a command to
@@ -207,18 +213,23 @@ func TestMultiNode(t *testing.T) {
 	p := StartPuma(t, PumaOptions{})
 	nodes := startNodes(t, p, 3, r.URL, nil)
 
-	for name, test := range map[string]func(*testing.T, *Redis, *Puma, []*Cablecar){
-		"RawPublish":       multiNodeRawPublish,
-		"Channels":         multiNodeChannels,
-		"AdminPublish":     multiNodeAdminPublish,
-		"AdminSend":        multiNodeAdminSend,
-		"AdminClose":       multiNodeAdminClose,
-		"ReplyPublish":     multiNodeReplyPublish,
-		"NoMissAfterReady": multiNodeNoMiss,
+	// They start in this order and run in parallel, against the same three
+	// nodes.
+	for _, test := range []struct {
+		name string
+		run  func(*testing.T, *Redis, *Puma, []*Cablecar)
+	}{
+		{"RawPublish", multiNodeRawPublish},
+		{"Channels", multiNodeChannels},
+		{"AdminPublish", multiNodeAdminPublish},
+		{"AdminSend", multiNodeAdminSend},
+		{"AdminClose", multiNodeAdminClose},
+		{"ReplyPublish", multiNodeReplyPublish},
+		{"NoMissAfterReady", multiNodeNoMiss},
 	} {
-		t.Run(name, func(t *testing.T) {
+		t.Run(test.name, func(t *testing.T) {
 			t.Parallel()
-			test(t, r, p, nodes)
+			test.run(t, r, p, nodes)
 		})
 	}
 }
