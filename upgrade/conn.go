@@ -18,6 +18,7 @@ import (
 
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // Values of a close event's "by" (SPEC §3).
@@ -384,21 +385,19 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.stream = c.hub.cb.NewStream(c, c.id, c.eventsPath, c.eventHeaders)
 	if t := cfg.Tracker; t != nil && c.events.has(eventClose) {
 		c.mu.Lock()
-		t.Track(pubsub.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
+		t.Track(registry.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
 			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
 		c.mu.Unlock()
 		// The record is in Redis before the app hears of the connection,
 		// so that a close the app will wait for cannot be lost with this
 		// node. It shares the tracker's next batched write; it waits no
 		// longer than the time after which a broken Redis is reported.
-		if w, ok := t.(interface{ Written(context.Context) error }); ok {
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
-			if err := w.Written(ctx); err != nil {
-				// Debug: while Redis is away the broker has said so once already.
-				c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
-			}
-			cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.BrokerTimeout)
+		if err := t.Written(ctx); err != nil {
+			// Debug: while Redis is away the broker has said so once already.
+			c.log.Debug().Err(err).Msg("connection record not yet in Redis; its close event is lost should this node die")
 		}
+		cancel()
 	}
 	c.mu.Lock()
 	c.raw = ws.NetConn()
