@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // A close event is owed to the app for as long as Cablecar runs (SPEC §3):
@@ -76,8 +76,41 @@ func (q *closeQueue) park(s *Stream, body []byte, sp span, since time.Time, atte
 	s.mu.Unlock()
 	p := &parked{s: s, body: body, span: sp, since: since, attempt: attempt, idx: -1}
 	q.mu.Lock()
+	q.linkLocked(p)
+	q.mu.Unlock()
+	q.retry(p, res)
+}
+
+// admit queues the close event of a lost connection (PostLost) for its
+// first try, now. Unlike park it takes nothing when the queue is full:
+// the event's record waits in Redis instead.
+func (q *closeQueue) admit(s *Stream, body []byte, sp span) error {
+	p := &parked{s: s, body: body, span: sp, since: time.Now(), idx: -1}
+	s.parked = true // s is not shared yet
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	select {
+	case <-q.c.abort:
+		q.stopped = true
+	default:
+	}
+	switch {
+	case q.stopped:
+		return ErrShutdown
+	case q.parked >= q.max:
+		return ErrClosesFull
+	}
+	q.linkLocked(p)
+	p.at = p.since
+	heap.Push(&q.due, p)
+	q.wakeLocked(p)
+	return nil
+}
+
+// linkLocked counts p among the parked, as the newest.
+func (q *closeQueue) linkLocked(p *parked) {
 	q.parked++
-	c.m.closesPending.Set(float64(q.parked))
+	q.c.m.closesPending.Set(float64(q.parked))
 	p.older = q.newest
 	if q.newest != nil {
 		q.newest.newer = p
@@ -85,8 +118,21 @@ func (q *closeQueue) park(s *Stream, body []byte, sp span, since time.Time, atte
 		q.oldest = p
 	}
 	q.newest = p
-	q.mu.Unlock()
-	q.retry(p, res)
+}
+
+// wakeLocked has the scheduler look at p, just pushed: it starts one
+// when none runs, or wakes it when p is due first.
+func (q *closeQueue) wakeLocked(p *parked) {
+	switch {
+	case !q.running:
+		q.running = true
+		go q.run()
+	case p.idx == 0:
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // retry schedules the next try of p after a failed attempt, or gives up.
@@ -129,16 +175,7 @@ func (q *closeQueue) retry(p *parked, res result) {
 			pushedOut = append(pushedOut, o)
 		}
 	}
-	switch {
-	case !q.running:
-		q.running = true
-		go q.run()
-	case p.idx == 0:
-		select {
-		case q.kick <- struct{}{}:
-		default:
-		}
-	}
+	q.wakeLocked(p)
 	q.overflowed += len(pushedOut)
 	logOverflow := q.overflowed > 0 && time.Since(q.loggedAt) >= time.Second
 	n := q.overflowed
@@ -219,8 +256,12 @@ func (q *closeQueue) abandonAll() {
 }
 
 // end drops p for reason, counted and, unless shutdown abandoned it (its
-// record then stays for another node), settled.
+// record then stays for another node), settled. A lost connection's event
+// that is abandoned is not counted: its caller still holds the record.
 func (q *closeQueue) end(p *parked, reason dropReason) {
+	if reason == dropShutdown && !p.s.counted {
+		p.s.quiet.Store(true)
+	}
 	p.s.drop(p.span, reason)
 	if reason != dropShutdown {
 		p.s.settled()
@@ -281,16 +322,16 @@ func (h *dueHeap) Pop() any {
 // node posts these events with the same ids.
 type closingSet struct {
 	mu   sync.Mutex
-	m    map[string]pubsub.CloseEvent
+	m    map[string]registry.CloseEvent
 	peak int
 }
 
 func (cs *closingSet) add(id string, n uint64, ev Event) {
 	cs.mu.Lock()
 	if cs.m == nil {
-		cs.m = make(map[string]pubsub.CloseEvent)
+		cs.m = make(map[string]registry.CloseEvent)
 	}
-	cs.m[id] = pubsub.CloseEvent{N: n, Code: ev.Code, Reason: ev.Reason, By: ev.By}
+	cs.m[id] = registry.CloseEvent{N: n, Code: ev.Code, Reason: ev.Reason, By: ev.By}
 	cs.peak = max(cs.peak, len(cs.m))
 	cs.mu.Unlock()
 }
@@ -305,10 +346,10 @@ func (cs *closingSet) remove(id string) {
 	cs.mu.Unlock()
 }
 
-func (cs *closingSet) snapshot() map[string]pubsub.CloseEvent {
+func (cs *closingSet) snapshot() map[string]registry.CloseEvent {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	out := make(map[string]pubsub.CloseEvent, len(cs.m))
+	out := make(map[string]registry.CloseEvent, len(cs.m))
 	for id, ev := range cs.m {
 		out[id] = ev
 	}
@@ -325,4 +366,4 @@ func (cs *closingSet) len() int {
 // connection id, with the number (the event id's n) each was given. Called
 // after Wait gave up, it is what this node could not deliver: with Redis
 // the sidecar leaves these in the node's record for a surviving node.
-func (c *Client) Undelivered() map[string]pubsub.CloseEvent { return c.closing.snapshot() }
+func (c *Client) Undelivered() map[string]registry.CloseEvent { return c.closing.snapshot() }

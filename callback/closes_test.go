@@ -15,6 +15,7 @@ import (
 	"weak"
 
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // afterCounter counts the calls of a PushClose's after, by connection.
@@ -245,9 +246,9 @@ func TestMaxPendingClosesDropsOldest(t *testing.T) {
 	for _, s := range streams {
 		waitDone(t, s)
 	}
-	want := map[string]pubsub.CloseEvent{}
+	want := map[string]registry.CloseEvent{}
 	for i := 2; i < 5; i++ {
-		want[fmt.Sprint("c_m", i)] = pubsub.CloseEvent{N: 2, Code: 1001, By: "client"}
+		want[fmt.Sprint("c_m", i)] = registry.CloseEvent{N: 2, Code: 1001, By: "client"}
 	}
 	if got := c.Undelivered(); !reflect.DeepEqual(got, want) {
 		t.Errorf("undelivered %v, want %v", got, want)
@@ -268,14 +269,12 @@ func TestMaxPendingClosesDropsOldest(t *testing.T) {
 
 // A close event handed over by a node that shut down is posted as that
 // node numbered it, not as a node_lost close.
-func TestDeliverCloseHandedOver(t *testing.T) {
+func TestPostLostHandedOver(t *testing.T) {
 	app := startApp(t, nil)
 	c := app.client(t, nil)
 	rec := lostRecord()
-	rec.Close = &pubsub.CloseEvent{N: 7, Code: 1012, Reason: "restart", By: "shutdown"}
-	if err := c.DeliverClose(t.Context(), rec, lostClose, nil); err != nil {
-		t.Fatal(err)
-	}
+	rec.Close = &registry.CloseEvent{N: 7, Code: 1012, Reason: "restart", By: "shutdown"}
+	waitSettled(t, lost(t, c, rec))
 	reqs := app.requests()
 	if len(reqs) != 1 {
 		t.Fatalf("%d requests", len(reqs))

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // LostCloseN is the event number n of the close event posted for a
@@ -25,110 +26,72 @@ import (
 // reaper dying halfway, a retry), the app drops the repeat like any other.
 const LostCloseN = 1<<53 - 1
 
-// Errors of DeliverClose, to be inspected with errors.Is. Both are counted
-// in cablecar_close_events_dropped_total and logged.
-var (
-	// ErrCloseRejected: the app refused the close event (a 4xx other
-	// than 410). Posting it again will not help.
-	ErrCloseRejected = errors.New("callback: the app rejected the close event")
-	// ErrCloseDropped: the app kept failing (5xx, 429, unreachable) for
-	// CloseRetryFor.
-	ErrCloseDropped = errors.New("callback: close event dropped: the app kept failing")
-)
+// ErrClosesFull is returned by PostLost while callback.max_pending_closes
+// close events wait already: it took nothing. The lost connection's
+// record is still in Redis; it waits there rather than push out a close
+// event that has no record anywhere else.
+var ErrClosesFull = errors.New("callback: too many close events waiting for the app")
 
-// DeliverClose posts the close event ev of a connection that lives on no
-// node any more, as its own node would have: to rec.Path with rec.Headers,
-// signed, retried like any close event, with rec's state, channels and
-// claims as the "connection", and the event id of LostCloseN. ev.Type may
-// be left empty; ev.By is what the caller says (node_lost). When rec
-// carries the close event its node numbered before shutting down
-// (rec.Close), that event is posted instead, with its own id.
+// ErrShutdown: Wait gave up on shutdown; nothing more is posted.
+var ErrShutdown = errors.New("callback: shutting down")
+
+// PostLost hands over the close event ev of a connection that lives on no
+// node any more, to be posted as its own node would have: to rec.Path with
+// rec.Headers, signed, with rec's state, channels and claims as the
+// "connection", and the event id of LostCloseN. ev.Type may be left empty;
+// ev.By is what the caller says (node_lost). When rec carries the close
+// event its node numbered before shutting down (rec.Close), that event is
+// posted instead, with its own id.
 //
-// Of the app's reply only publish is carried out, through pub (when not
-// nil): the connection has no socket left for the rest, but the room it
-// was in should still hear the app's "left" notice and new presence
-// count. except_self needs nothing: the connection is gone everywhere.
+// It returns at once. The event goes into the close queue, is tried as
+// soon as a slot of the global cap is free, and is then retried like a
+// close event of this node's own (for close_retry_for, at most 30 s
+// apart): posting a lost node's 100k close events costs 100k small
+// entries and the queue's one goroutine, and never blocks the caller for
+// as long as the app is down. While max_pending_closes events wait, it
+// takes nothing and returns ErrClosesFull; once shutdown gave up,
+// ErrShutdown; a record that cannot be posted (no id or path), another
+// error.
 //
-// It returns once the app took the event (2xx or 410), or with an error:
-// ErrCloseRejected or ErrCloseDropped when it was dropped; ctx's error when
-// ctx ended first, or ErrShutdown when Wait gave up on shutdown — then the
-// event was not dropped but abandoned, and is not counted: the caller
-// still holds the record and may post it again. Concurrency is the
-// caller's to bound (the global cap on requests in flight applies too).
-func (c *Client) DeliverClose(ctx context.Context, rec pubsub.ConnRecord, ev Event, pub Publisher) error {
+// settled is called once the app took the event (2xx or 410) or it was
+// finally dropped (rejected, retried for close_retry_for, pushed out of a
+// full queue), from the goroutine that settled it; it must not block. It
+// is never called when stop closed, or shutdown gave up, first: the event
+// is then abandoned (not counted as dropped), and its record is the
+// caller's to post again.
+//
+// Of the app's reply only publish is carried out, through the publisher
+// (SetPublisher): the connection has no socket left for the rest, but the
+// room it was in should still hear the app's "left" notice and new
+// presence count. except_self needs nothing: the connection is gone
+// everywhere.
+func (c *Client) PostLost(rec registry.ConnRecord, ev Event, stop <-chan struct{}, settled func()) error {
 	if ev.Type == "" {
 		ev.Type = EventClose
 	}
 	if ev.Type != EventClose {
-		return fmt.Errorf("callback: DeliverClose posts close events, not %q", ev.Type)
+		return fmt.Errorf("callback: PostLost posts close events, not %q", ev.Type)
 	}
 	if rec.ID == "" || rec.Path == "" {
 		return fmt.Errorf("callback: connection record without id or path (id %q)", rec.ID)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	info := ConnInfo{ID: rec.ID, State: rec.State, Channels: rec.Channels, Claims: rec.Claims}
-	abort := make(chan struct{})
-	// Not counted by c.Wait: shutdown does not wait for another node's
-	// close events, whose records stay in Redis for a survivor.
-	s := &Stream{c: c, t: lostTarget{info: info, pub: pub, log: c.log, timeout: c.cfg.Timeout}, id: rec.ID, path: rec.Path, headers: rec.Headers,
-		doneCh: make(chan struct{}), abort: abort}
 	n := uint64(LostCloseN)
-	if c := rec.Close; c != nil && c.N > 0 {
+	if hc := rec.Close; hc != nil && hc.N > 0 {
 		// Handed over by a node that shut down before the app took it:
 		// posted as that node would have, same id, so that the app drops
 		// it should that node's try have reached it after all.
-		n = c.N
-		ev = Event{Type: EventClose, Code: c.Code, Reason: c.Reason, By: c.By}
+		n = hc.N
+		ev = Event{Type: EventClose, Code: hc.Code, Reason: hc.Reason, By: hc.By}
 	}
-	s.seq = n - 1 // End numbers the close event seq+1
-	// The caller's ctx ending, or shutdown giving up, abandons the event:
-	// what the stream drops from then on is not counted, since the caller
-	// still holds the record.
-	go func() {
-		select {
-		case <-s.doneCh:
-			return
-		case <-ctx.Done():
-		case <-c.abort:
-		}
-		s.quiet.Store(true)
-		close(abort)
-	}()
-	s.End(&ev)
-
-	select {
-	case <-s.Done():
-	case <-ctx.Done():
-	case <-c.abort:
-	}
-	done := false
-	select {
-	case <-s.Done():
-		done = true
-	default:
-	}
-	lost := s.closeLost.Load()
-	switch {
-	case done && lost == 0:
-		return nil
-	case !done || s.quiet.Load():
-		// Abandoned, not dropped.
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, err)
-		}
-		return fmt.Errorf("callback: close event of %s not delivered: %w", rec.ID, ErrShutdown)
-	case dropReason(lost-1) == dropRejected:
-		return fmt.Errorf("%w (connection %s)", ErrCloseRejected, rec.ID)
-	default:
-		return fmt.Errorf("%w (connection %s, %s)", ErrCloseDropped, rec.ID, dropNames[lost-1])
-	}
+	info := ConnInfo{ID: rec.ID, State: rec.State, Channels: rec.Channels, Claims: rec.Claims}
+	// Not counted by c.Wait: shutdown does not wait for another node's
+	// close events, whose records stay in Redis for a survivor.
+	s := &Stream{c: c, t: lostTarget{info: info, pub: c.pub, log: c.log, timeout: c.cfg.Timeout},
+		id: rec.ID, path: rec.Path, headers: rec.Headers, doneCh: make(chan struct{}),
+		abort: stop, closing: true, seq: n, after: settled}
+	batch := []queued{{ev: ev, n: n}}
+	return c.closes.admit(s, appendBody(nil, rec.ID, info, batch), spanOf(batch))
 }
-
-// ErrShutdown: Wait gave up on shutdown before the close event was
-// delivered.
-var ErrShutdown = errors.New("callback: shutting down")
 
 // Publisher is where the reply to a lost connection's close event
 // publishes: the broker.

@@ -124,9 +124,6 @@ type Stream struct {
 	// quiet: what is dropped from now on is not counted (its caller
 	// still holds the event, and may post it again).
 	quiet atomic.Bool
-	// closeLost is 1 + the reason the close event was dropped; 0 while it
-	// was not.
-	closeLost atomic.Int32
 	// after is called once the close event was delivered or finally
 	// dropped; never when shutdown abandoned it. Guarded by mu until the
 	// close event is queued, then the delivering goroutine's.
@@ -152,12 +149,8 @@ func (s *Stream) aborted() bool {
 	}
 }
 
-// dropped counts events that will never reach the app, and remembers why
-// the close event, if one of them, was lost.
+// dropped counts events that will never reach the app.
 func (s *Stream) dropped(reason dropReason, closes, n int) {
-	if closes > 0 {
-		s.closeLost.CompareAndSwap(0, int32(reason)+1)
-	}
 	if n == 0 || s.quiet.Load() {
 		return
 	}

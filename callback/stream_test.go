@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cablecar/cablecar/auth"
-	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 func TestStreamDeliversEvents(t *testing.T) {
@@ -661,7 +661,7 @@ func TestWaitGivesUp(t *testing.T) {
 	if got := c.metric(t, "cablecar_close_events_dropped_total"); got != 0 {
 		t.Errorf("close events dropped %v", got)
 	}
-	if got := c.Undelivered(); !reflect.DeepEqual(got, map[string]pubsub.CloseEvent{"c_w": {N: 3, Code: 1000, By: "client"}}) {
+	if got := c.Undelivered(); !reflect.DeepEqual(got, map[string]registry.CloseEvent{"c_w": {N: 3, Code: 1000, By: "client"}}) {
 		t.Errorf("undelivered %v", got)
 	}
 	if got := c.metric(t, "cablecar_webhooks_total", "kind", "events", "outcome", "unreachable"); got < 2 {

@@ -2,10 +2,6 @@ package pubsub_test
 
 import (
 	"context"
-	"net"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,115 +11,18 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/cablecar/cablecar/internal/testsupport"
 	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/pubsub/pubsubtest"
+	"github.com/cablecar/cablecar/registry"
 )
 
-// rtestServer is a real redis-server on a free loopback port, killed when
-// the test ends; stop then start (same port, empty) is a Redis restart.
-type rtestServer struct {
-	t    testing.TB
-	addr string
-	port int
-	cmd  *exec.Cmd
-	args []string
-}
-
-func rtestPort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func startRedisServer(t testing.TB, extra ...string) *rtestServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server is not installed (make deps installs it)")
-	}
-	port := rtestPort(t)
-	s := &rtestServer{t: t, port: port, addr: "127.0.0.1:" + strconv.Itoa(port)}
-	s.args = append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir()}, extra...)
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *rtestServer) start() {
-	s.t.Helper()
-	s.cmd = exec.Command("redis-server", s.args...)
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for rdb.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s did not answer within 10s", s.addr)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (s *rtestServer) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		s.cmd = nil
-	}
-}
-
-// startRedisCluster starts three masters and joins them into a cluster.
-func startRedisCluster(t testing.TB) []string {
-	t.Helper()
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		t.Skip("redis-cli is not installed")
-	}
-	var addrs []string
-	for i := 0; i < 3; i++ {
-		dir := t.TempDir()
-		s := startRedisServer(t, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
-		addrs = append(addrs, s.addr)
-	}
-	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, a := range addrs {
-		rdb := redis.NewClient(&redis.Options{Addr: a})
-		for {
-			info, _ := rdb.ClusterInfo(context.Background()).Result()
-			if strings.Contains(info, "cluster_state:ok") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("cluster not ok on %s: %s", a, info)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		rdb.Close()
-	}
-	return addrs
-}
-
-func clusterURL(addrs []string) string {
-	u := "redis+cluster://" + addrs[0]
-	for i, a := range addrs[1:] {
-		if i == 0 {
-			u += "?"
-		} else {
-			u += "&"
-		}
-		u += "addr=" + a
-	}
-	return u
-}
+// The launcher is testsupport's: startRedisServer and startRedisCluster
+// keep the names these tests use.
+var (
+	startRedisServer  = testsupport.StartRedis
+	startRedisCluster = testsupport.StartCluster
+)
 
 func newRedisBroker(t testing.TB, url, node string) *pubsub.Redis {
 	t.Helper()
@@ -137,7 +36,7 @@ func newRedisBroker(t testing.TB, url, node string) *pubsub.Redis {
 func TestRedisContract(t *testing.T) {
 	s := startRedisServer(t)
 	pubsubtest.Run(t, func(t *testing.T, node string) pubsub.Broker {
-		return newRedisBroker(t, "redis://"+s.addr, node)
+		return newRedisBroker(t, s.URL(), node)
 	})
 }
 
@@ -145,9 +44,9 @@ func TestRedisClusterContract(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node Redis Cluster")
 	}
-	addrs := startRedisCluster(t)
+	cluster := startRedisCluster(t)
 	pubsubtest.Run(t, func(t *testing.T, node string) pubsub.Broker {
-		return newRedisBroker(t, clusterURL(addrs), node)
+		return newRedisBroker(t, cluster.URL(), node)
 	}, pubsubtest.Sharded)
 }
 
@@ -186,13 +85,7 @@ func (s *recSink) commands() []pubsub.Command {
 
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testsupport.Eventually(t, what, 15*time.Second, cond)
 }
 
 func startBroker(t testing.TB, url, node string) (*pubsub.Redis, *recSink) {
@@ -209,10 +102,10 @@ func startBroker(t testing.TB, url, node string) (*pubsub.Redis, *recSink) {
 // holds in Redis are exactly those it has subscribers for.
 func TestRedisVerbatimAndRefcount(t *testing.T) {
 	s := startRedisServer(t)
-	url := "redis://" + s.addr
+	url := "redis://" + s.Addr
 	b, got := startBroker(t, url, pubsub.NewNodeID())
 	ctx := context.Background()
-	app := redis.NewClient(&redis.Options{Addr: s.addr})
+	app := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer app.Close()
 
 	for i := 0; i < 2; i++ {
@@ -248,7 +141,7 @@ func TestRedisVerbatimAndRefcount(t *testing.T) {
 // node that is gone is ErrNoConnection.
 func TestRedisDirectAcrossNodes(t *testing.T) {
 	s := startRedisServer(t)
-	url := "redis://" + s.addr
+	url := "redis://" + s.Addr
 	nodeA, nodeB := pubsub.NewNodeID(), pubsub.NewNodeID()
 	a, _ := startBroker(t, url, nodeA)
 	_, sinkB := startBroker(t, url, nodeB)
@@ -287,7 +180,7 @@ func TestRedisDirectAcrossNodes(t *testing.T) {
 // own, and is ready again; meanwhile it says why it is not.
 func TestRedisRestart(t *testing.T) {
 	s := startRedisServer(t)
-	b, got := startBroker(t, "redis://"+s.addr, pubsub.NewNodeID())
+	b, got := startBroker(t, "redis://"+s.Addr, pubsub.NewNodeID())
 	ctx := context.Background()
 	if err := b.Subscribe(ctx, "news"); err != nil {
 		t.Fatal(err)
@@ -295,7 +188,7 @@ func TestRedisRestart(t *testing.T) {
 	if err := b.Ready(ctx); err != nil {
 		t.Fatalf("Ready before the outage: %v", err)
 	}
-	s.stop()
+	s.Kill()
 	waitUntil(t, "Ready to report the outage", func() bool {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
@@ -304,13 +197,13 @@ func TestRedisRestart(t *testing.T) {
 	if err := b.Publish(ctx, pubsub.Message{Channel: "news", Data: []byte("lost")}); err == nil {
 		t.Error("Publish during the outage reported success")
 	}
-	s.start()
+	s.Start()
 	waitUntil(t, "Ready after the restart", func() bool {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		return b.Ready(rctx) == nil
 	})
-	app := redis.NewClient(&redis.Options{Addr: s.addr})
+	app := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer app.Close()
 	waitUntil(t, "a broadcast after the restart", func() bool {
 		app.Publish(ctx, "cc:news", "back").Err()
@@ -327,9 +220,9 @@ func TestRedisRestart(t *testing.T) {
 // the verbatim channel an app listens to.
 func TestRedisEnvelopeStaysOffAppChannels(t *testing.T) {
 	s := startRedisServer(t)
-	b, _ := startBroker(t, "redis://"+s.addr, pubsub.NewNodeID())
+	b, _ := startBroker(t, "redis://"+s.Addr, pubsub.NewNodeID())
 	ctx := context.Background()
-	app := redis.NewClient(&redis.Options{Addr: s.addr})
+	app := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer app.Close()
 	ps := app.Subscribe(ctx, "cc:room")
 	defer ps.Close()
@@ -375,7 +268,7 @@ func TestNewRedisClientURLs(t *testing.T) {
 func TestRedisClientNames(t *testing.T) {
 	s := startRedisServer(t)
 	node := pubsub.NewNodeID()
-	b, _ := startBroker(t, "redis://"+s.addr, node)
+	b, _ := startBroker(t, "redis://"+s.Addr, node)
 	ctx := context.Background()
 	if err := b.Subscribe(ctx, "room:names"); err != nil {
 		t.Fatal(err)
@@ -383,16 +276,16 @@ func TestRedisClientNames(t *testing.T) {
 	if err := b.Publish(ctx, pubsub.Message{Channel: "room:names", Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	reg := pubsub.NewRegistry(b.Client(), pubsub.RegistryConfig{Prefix: "cc:", Node: node}, zerolog.Nop(), prometheus.NewRegistry())
+	reg := registry.New(b.Client(), registry.Config{Prefix: "cc:", Node: node}, zerolog.Nop(), prometheus.NewRegistry())
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		reg.Run(rctx, func(context.Context, string, []pubsub.ConnRecord) error { return nil })
+		reg.Run(rctx, nil)
 	}()
 	t.Cleanup(func() { stop(); <-done })
 
-	admin := redis.NewClient(&redis.Options{Addr: s.addr})
+	admin := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer admin.Close()
 	want := []string{"cablecar:" + node + ":publish", "cablecar:" + node + ":pubsub", "cablecar:" + node + ":registry"}
 	var list string
@@ -419,11 +312,11 @@ func TestRedisClientNames(t *testing.T) {
 func TestRedisClientNameFromURL(t *testing.T) {
 	s := startRedisServer(t)
 	node := pubsub.NewNodeID()
-	b, _ := startBroker(t, "redis://"+s.addr+"?client_name=shop", node)
+	b, _ := startBroker(t, "redis://"+s.Addr+"?client_name=shop", node)
 	if err := b.Publish(context.Background(), pubsub.Message{Channel: "x", Data: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	admin := redis.NewClient(&redis.Options{Addr: s.addr})
+	admin := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer admin.Close()
 	waitUntil(t, "shop:<node>:publish in CLIENT LIST", func() bool {
 		list, _ := admin.ClientList(context.Background()).Result()

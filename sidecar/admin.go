@@ -8,14 +8,15 @@ import (
 	"github.com/cablecar/cablecar/admin"
 	"github.com/cablecar/cablecar/config"
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 	"github.com/cablecar/cablecar/upgrade"
 )
 
 // connLookup answers the admin API's GET /connections/<id>: this node's
 // own connections from its hub, another node's from the records it keeps
-// in Redis (registry is nil with the in-memory broker, where every
+// in Redis (records is nil with the in-memory broker, where every
 // connection is this node's).
-func connLookup(node string, hub *upgrade.Hub, registry *pubsub.Registry) admin.Lookup {
+func connLookup(node string, hub *upgrade.Hub, records *registry.Registry) admin.Lookup {
 	return func(ctx context.Context, id string) (admin.Connection, bool, error) {
 		owner, ok := pubsub.NodeOf(id)
 		if !ok {
@@ -25,10 +26,10 @@ func connLookup(node string, hub *upgrade.Hub, registry *pubsub.Registry) admin.
 			channels, ok := hub.Lookup(id)
 			return admin.Connection{ID: id, Node: node, Channels: channels}, ok, nil
 		}
-		if registry == nil {
+		if records == nil {
 			return admin.Connection{}, false, nil
 		}
-		rec, ok, err := registry.Lookup(ctx, id)
+		rec, ok, err := records.Lookup(ctx, id)
 		if err != nil || !ok {
 			return admin.Connection{}, false, err
 		}

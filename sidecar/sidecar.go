@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"reflect"
-	"sync"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -27,6 +26,7 @@ import (
 	"github.com/cablecar/cablecar/config"
 	"github.com/cablecar/cablecar/proxy"
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 	"github.com/cablecar/cablecar/upgrade"
 )
 
@@ -43,7 +43,7 @@ type Sidecar struct {
 	broker pubsub.Broker
 	// registry is the record of this node's connections in Redis; nil
 	// with the in-memory broker.
-	registry   *pubsub.Registry
+	registry   *registry.Registry
 	jwt        *auth.Verifier // nil without auth.jwt keys
 	stopReaper context.CancelFunc
 	reaperDone chan struct{}
@@ -97,8 +97,8 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	ucfg.JWTLeeway = cfg.Auth.JWT.Leeway
 
 	var (
-		inner    pubsub.Broker = pubsub.NewMemory()
-		registry *pubsub.Registry
+		inner   pubsub.Broker = pubsub.NewMemory()
+		records *registry.Registry
 	)
 	if cfg.Broker.URL != "" {
 		rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node}, log, reg)
@@ -106,10 +106,10 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 			return nil, err
 		}
 		inner = rb
-		registry = pubsub.NewRegistry(rb.Client(), pubsub.RegistryConfig{
+		records = registry.New(rb.Client(), registry.Config{
 			Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL,
 		}, log, reg)
-		ucfg.Tracker = registry
+		ucfg.Tracker = records
 	}
 	broker := pubsub.Metered(inner, reg)
 	cb.SetPublisher(broker) // replies to close events that had to wait
@@ -117,8 +117,8 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	if err := broker.Start(context.Background(), ws.Hub()); err != nil {
 		return nil, fmt.Errorf("starting the broker: %w", err)
 	}
-	if registry != nil {
-		registry.OnLapse(ws.Hub().Fence)
+	if records != nil {
+		records.OnLapse(ws.Hub().Fence)
 	}
 	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
@@ -128,7 +128,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		ws:       ws,
 		cb:       cb,
 		broker:   broker,
-		registry: registry,
+		registry: records,
 		front:    proxy.NewServer(pcfg, p.ServeHTTP, log),
 		admin:    admin.New(log, reg),
 	}
@@ -139,7 +139,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	}
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
-	s.admin.EnableLookup(connLookup(node, ws.Hub(), registry))
+	s.admin.EnableLookup(connLookup(node, ws.Hub(), records))
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
@@ -170,36 +170,6 @@ func proxyConfig(cfg *config.Config) proxy.Config {
 		MaxConnsPerClient: cfg.Proxy.ConnsPerClient(),
 		SensitiveParams:   []string{cfg.Auth.JWT.QueryParam},
 	}
-}
-
-// reapLost posts the close events of a lost node's connections
-// (by: node_lost), a few at a time so that a node of 100k connections does
-// not stampede the app. It fails only when ctx ends first, so that the
-// registry keeps the record and tries again later; a close event the
-// callback client finally drops is counted and logged there.
-func (s *Sidecar) reapLost(ctx context.Context, node string, recs []pubsub.ConnRecord) error {
-	s.log.Warn().Str("lost_node", node).Int("connections", len(recs)).Msg("a node's lease lapsed: sending the close events of its connections")
-	sem := make(chan struct{}, 32)
-	var wg sync.WaitGroup
-	for _, rec := range recs {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return ctx.Err()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			ev := callback.Event{Type: callback.EventClose, Code: 1006, Reason: "node lost", By: "node_lost"}
-			if err := s.cb.DeliverClose(ctx, rec, ev, s.broker); err != nil {
-				s.log.Debug().Err(err).Str("conn_id", rec.ID).Msg("close event of a lost connection not delivered")
-			}
-		}()
-	}
-	wg.Wait()
-	return ctx.Err()
 }
 
 func callbackConfig(cfg *config.Config) callback.Config {
@@ -282,7 +252,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		s.stopReaper, s.reaperDone = stop, make(chan struct{})
 		go func() {
 			defer close(s.reaperDone)
-			s.registry.Run(rctx, s.reapLost)
+			s.registry.Run(rctx, s.postLost)
 		}()
 	}
 

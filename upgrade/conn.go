@@ -15,6 +15,7 @@ import (
 
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // Values of a close event's "by" (SPEC §3).
@@ -110,8 +111,8 @@ type Conn struct {
 // connection, which may still be reconnecting when Redis is already back.
 func (c *Conn) awaitRecord() {
 	cfg := &c.hub.cfg
-	w, ok := cfg.Tracker.(interface{ Written(context.Context) error })
-	if !ok || !c.events.has(eventClose) {
+	w := cfg.Tracker
+	if w == nil || !c.events.has(eventClose) {
 		return
 	}
 	deadline := time.Now().Add(cfg.BrokerTimeout)
@@ -149,7 +150,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.stream = c.hub.cb.NewStream(c, c.id, c.eventsPath, c.eventHeaders)
 	if t := cfg.Tracker; t != nil && c.events.has(eventClose) {
 		c.mu.Lock()
-		t.Track(pubsub.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
+		t.Track(registry.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
 			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
 		c.mu.Unlock()
 	}

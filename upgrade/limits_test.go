@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // bareConn is a connection of a hub with no socket: what it queues stays
@@ -315,7 +316,7 @@ func (b *flakyBroker) held(ch string) int {
 // Redis is away.
 type stuckTracker struct{}
 
-func (stuckTracker) Track(pubsub.ConnRecord)           {}
+func (stuckTracker) Track(registry.ConnRecord)         {}
 func (stuckTracker) Update(string, string, []string)   {}
 func (stuckTracker) Untrack(string)                    {}
 func (stuckTracker) Written(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }

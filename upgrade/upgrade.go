@@ -45,7 +45,7 @@ type Config struct {
 	Node           string        // this node's id, in every connection id; "" = a new one
 	// Tracker, when set, keeps a record of the live connections where
 	// other nodes can post their close events should this one die.
-	Tracker pubsub.Tracker
+	Tracker Tracker
 
 	// Zero means the default noted.
 	WriteTimeout     time.Duration // one batch of writes to a client: 10s

@@ -1,17 +1,19 @@
-package pubsub
+package registry
 
 import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 // Another node finds a connection by its id while its node's lease lives,
 // with the channels of the latest update; not once it is untracked, nor
 // once the node is gone.
 func TestRegistryLookup(t *testing.T) {
-	srv := startRegRedis(t)
-	rdb := srv.client(t)
+	srv := testsupport.StartRedis(t)
+	rdb := srv.Client(t)
 	a := newTestRegistry(t, rdb, "nodeAAAA")
 	b := newTestRegistry(t, rdb, "nodeBBBB")
 	killA := run(t, a, nil)
@@ -19,7 +21,7 @@ func TestRegistryLookup(t *testing.T) {
 	recs := trackN(a, 2)
 	a.Update(recs[0].ID, "st", []string{"room:1", "room:2"})
 	ctx := t.Context()
-	regEventually(t, "A's records", 5*time.Second, func() bool {
+	eventually(t, "A's records", 5*time.Second, func() bool {
 		rec, ok, err := b.Lookup(ctx, recs[0].ID)
 		return err == nil && ok && slices.Equal(rec.Channels, []string{"room:1", "room:2"})
 	})
@@ -32,7 +34,7 @@ func TestRegistryLookup(t *testing.T) {
 		}
 	}
 	a.Untrack(recs[0].ID)
-	regEventually(t, "the untracked record gone", 5*time.Second, func() bool {
+	eventually(t, "the untracked record gone", 5*time.Second, func() bool {
 		_, ok, err := b.Lookup(ctx, recs[0].ID)
 		return err == nil && !ok
 	})

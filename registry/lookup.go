@@ -1,12 +1,13 @@
-package pubsub
+package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cablecar/cablecar/pubsub"
 )
 
 // Lookup reads the record of connection id from Redis, where the node its
@@ -17,7 +18,7 @@ import (
 // asked for, from their accept until that event is delivered; false means
 // no such record, an error that Redis could not be asked.
 func (r *Registry) Lookup(ctx context.Context, id string) (ConnRecord, bool, error) {
-	node, ok := NodeOf(id)
+	node, ok := pubsub.NodeOf(id)
 	if !ok {
 		return ConnRecord{}, false, nil
 	}
@@ -33,12 +34,9 @@ func (r *Registry) Lookup(ctx context.Context, id string) (ConnRecord, bool, err
 	if lease.Val() == 0 || errors.Is(raw.Err(), redis.Nil) {
 		return ConnRecord{}, false, nil
 	}
-	var rec ConnRecord
-	if err := json.Unmarshal([]byte(raw.Val()), &rec); err != nil {
-		return ConnRecord{}, false, fmt.Errorf("reading the connection record of %s: %w", id, err)
-	}
-	if rec.ID == "" {
-		rec.ID = id
+	rec, err := decodeRecord(id, []byte(raw.Val()))
+	if err != nil {
+		return ConnRecord{}, false, fmt.Errorf("reading the connection record: %w", err)
 	}
 	return rec, true, nil
 }
