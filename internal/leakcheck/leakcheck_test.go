@@ -56,16 +56,26 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// blockedHere is the function a leaked goroutine is found in.
-func blockedHere(stop chan struct{}, done chan struct{}) {
+// blockedHere is the function a leaked goroutine is found in. It is
+// started by goBlocked, which returns once the goroutine is inside it: a
+// goroutine just created may not have entered its function yet, and its
+// stack then shows only the go statement's wrapper.
+func blockedHere(started, stop, done chan struct{}) {
+	close(started)
 	<-stop
 	close(done)
+}
+
+func goBlocked(stop, done chan struct{}) {
+	started := make(chan struct{})
+	go blockedHere(started, stop, done)
+	<-started
 }
 
 func TestFindsTheLeakUntilItEnds(t *testing.T) {
 	c := Start()
 	stop, done := make(chan struct{}), make(chan struct{})
-	go blockedHere(stop, done)
+	goBlocked(stop, done)
 	t.Cleanup(func() {
 		select {
 		case <-stop:
@@ -96,7 +106,7 @@ func TestFindsTheLeakUntilItEnds(t *testing.T) {
 
 func TestGoroutinesFromBeforeStartAreNotLeaks(t *testing.T) {
 	stop, done := make(chan struct{}), make(chan struct{})
-	go blockedHere(stop, done)
+	goBlocked(stop, done)
 	defer func() { close(stop); <-done }()
 	c := Start()
 	if leaked := c.wait(0); len(leaked) != 0 {
