@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 )
 
@@ -307,6 +308,16 @@ func newTestClient(t *testing.T, network, addr string, tweak func(*Config)) *tes
 
 func (a *fakeApp) client(t *testing.T, tweak func(*Config)) *testClient {
 	return newTestClient(t, a.network, a.addr, tweak)
+}
+
+// inFlightGauge is cablecar_webhooks_in_flight now; safe from any
+// goroutine.
+func (c *testClient) inFlightGauge() int {
+	var m dto.Metric
+	if err := c.m.inFlight.Write(&m); err != nil {
+		panic(err)
+	}
+	return int(m.GetGauge().GetValue())
 }
 
 // metric is the value of a counter or gauge, 0 when it has not been

@@ -252,7 +252,7 @@ func TestGlobalCap(t *testing.T) {
 			default:
 			}
 			mu.Lock()
-			maxSeen = max(maxSeen, c.InFlight())
+			maxSeen = max(maxSeen, c.inFlightGauge())
 			mu.Unlock()
 			time.Sleep(time.Millisecond)
 		}
@@ -285,7 +285,7 @@ func TestGlobalCap(t *testing.T) {
 		t.Errorf("%d requests of one connection at once", perConn)
 	}
 	if maxSeen > 2 {
-		t.Errorf("InFlight reported %d", maxSeen)
+		t.Errorf("cablecar_webhooks_in_flight reported %d", maxSeen)
 	}
 	if got := len(app.eventIDs()); got != 25 {
 		t.Errorf("%d events delivered", got)
