@@ -361,13 +361,13 @@ type target struct {
 	mu      sync.Mutex
 	info    ConnInfo
 	replies []*Reply
-	fails   []bool
-	failed  chan bool
-	onFail  func(gone bool)
+	fails   []Failure
+	failed  chan Failure
+	onFail  func(Failure)
 }
 
 func newTarget(id string) *target {
-	return &target{info: ConnInfo{ID: id}, failed: make(chan bool, 4)}
+	return &target{info: ConnInfo{ID: id}, failed: make(chan Failure, 4)}
 }
 
 func (t *target) Info() ConnInfo {
@@ -385,14 +385,14 @@ func (t *target) Apply(r *Reply) {
 	t.mu.Unlock()
 }
 
-func (t *target) Fail(gone bool) {
+func (t *target) Fail(why Failure) {
 	t.mu.Lock()
-	t.fails = append(t.fails, gone)
+	t.fails = append(t.fails, why)
 	onFail := t.onFail
 	t.mu.Unlock()
-	t.failed <- gone
+	t.failed <- why
 	if onFail != nil {
-		onFail(gone)
+		onFail(why)
 	}
 }
 

@@ -146,7 +146,7 @@ type lostTarget struct {
 }
 
 func (t lostTarget) Info() ConnInfo { return t.info }
-func (lostTarget) Fail(bool)        {}
+func (lostTarget) Fail(Failure)     {}
 
 func (t lostTarget) Apply(r *Reply) {
 	if t.pub == nil || len(r.Publish) == 0 {

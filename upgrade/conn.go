@@ -290,8 +290,8 @@ func (c *Conn) Apply(r *callback.Reply) {
 
 // Fail ends the connection after the app refused it for good (410) or its
 // webhooks kept failing.
-func (c *Conn) Fail(gone bool) {
-	if gone {
+func (c *Conn) Fail(why callback.Failure) {
+	if why == callback.AppClosed {
 		c.closeWith(websocket.CloseNormalClosure, "", ByApp)
 		return
 	}
