@@ -75,8 +75,8 @@ type Proxy struct {
 	sensitive map[string]bool
 	limiter   *clientLimiter
 
-	// OnUpgrade serves WebSocket handshakes. Nil until WebSocket support is
-	// built: such requests are then refused with 501, never half-proxied.
+	// OnUpgrade serves WebSocket handshakes (the sidecar sets upgrade's).
+	// When nil, such requests are refused with 501, never half-proxied.
 	OnUpgrade fasthttp.RequestHandler
 }
 
