@@ -25,7 +25,9 @@ import (
 	"github.com/cablecar/cablecar/internal/appconn"
 )
 
-// Defaults for the zero values of Config.
+// Defaults for the zero values of Config. The sidecar passes every value a
+// config key sets; the defaults of those keys are config's, and these must
+// equal them (TestDefaultsMatchConfig).
 const (
 	defaultTimeout       = 5 * time.Second
 	defaultMaxInFlight   = 256
