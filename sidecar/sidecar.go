@@ -196,9 +196,6 @@ func warnInactive(cfg *config.Config, log zerolog.Logger) {
 	}
 }
 
-// Addr is the front listener's address (useful with port 0).
-func (s *Sidecar) Addr() net.Addr { return s.frontLn.Addr() }
-
 // Run serves until ctx is cancelled, then shuts down gracefully: /readyz
 // turns 503, the front listener stops accepting, in-flight requests finish,
 // and whatever is still open when shutdown_timeout runs out is cut. It
