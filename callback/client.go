@@ -13,12 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,9 +22,12 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/cablecar/cablecar/auth"
+	"github.com/cablecar/cablecar/internal/appconn"
 )
 
-// Defaults for the zero values of Config.
+// Defaults for the zero values of Config. The sidecar passes every value a
+// config key sets; the defaults of those keys are config's, and these must
+// equal them (TestDefaultsMatchConfig).
 const (
 	defaultTimeout       = 5 * time.Second
 	defaultMaxInFlight   = 256
@@ -48,7 +47,6 @@ const (
 	// Pooled connections idle longer are closed before Puma's own
 	// persistent_timeout (20 s) closes them under us.
 	idleConnTimeout = 10 * time.Second
-	maxHeaderBytes  = 16 << 10
 )
 
 // Config is what the client needs. Every field says what its zero value
@@ -121,8 +119,7 @@ type Client struct {
 
 	// slots is the global cap: a request holds one while it waits for
 	// the app's answer, never while it backs off.
-	slots    chan struct{}
-	inFlight atomic.Int64
+	slots chan struct{}
 
 	// Tests shorten these.
 	backoffBase, backoffCap, retryAfterCap time.Duration
@@ -170,53 +167,27 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer) *Client {
 
 func (c *Client) newHostClient() *fasthttp.HostClient {
 	network, address := c.cfg.Network, c.cfg.Address
-	addr := address
-	if network == "unix" {
-		// fasthttp wants a host for its pool bookkeeping; the dial ignores it.
-		addr = "app.sock"
-	}
-	return &fasthttp.HostClient{
-		Addr: addr,
-		DialTimeout: func(_ string, timeout time.Duration) (net.Conn, error) {
+	hc := appconn.NewHostClient(appconn.Pool{
+		Network: network,
+		Address: address,
+		Dial: func(timeout time.Duration) (net.Conn, error) {
 			// timeout is what is left of the request's; the dial gets no
 			// more than ConnectTimeout of it.
 			if timeout <= 0 || timeout > c.cfg.ConnectTimeout {
 				timeout = c.cfg.ConnectTimeout
 			}
-			conn, err := net.DialTimeout(network, address, timeout)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			return conn, nil
+			return net.DialTimeout(network, address, timeout)
 		},
-		MaxConns:                 c.cfg.MaxConns,
-		MaxConnWaitTimeout:       c.cfg.Timeout,
-		MaxIdleConnDuration:      idleConnTimeout,
-		MaxResponseBodySize:      c.cfg.MaxReplySize,
-		ReadBufferSize:           maxHeaderBytes,
-		WriteBufferSize:          16 << 10,
-		DisablePathNormalizing:   true,
-		NoDefaultUserAgentHeader: true,
-		RetryIfErr:               retryStale,
-	}
-}
-
-// retryStale resends a request once when a pooled keep-alive connection
-// turned out to have been closed by the app before it answered. That is
-// safe for the accept GET, and for event POSTs too: their event ids let
-// the app drop what it has seen. A timeout is never resent here.
-func retryStale(_ *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	if attempts > 1 {
-		return false, false
-	}
-	return false, connLost(err)
-}
-
-// connLost reports a connection the app closed before it answered: a
-// stale keep-alive connection, or an app that died.
-func connLost(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		MaxConns:    c.cfg.MaxConns,
+		MaxConnWait: c.cfg.Timeout,
+		IdleTimeout: idleConnTimeout,
+		// Resending a request whose pooled connection the app had closed
+		// is safe for the accept GET, and for event POSTs too: their
+		// event ids let the app drop what it has seen.
+		RetryIfErr: appconn.RetryStale,
+	})
+	hc.MaxResponseBodySize = c.cfg.MaxReplySize
+	return hc
 }
 
 // SetPublisher says where the reply to a close event that had to wait
@@ -227,9 +198,6 @@ func (c *Client) SetPublisher(p Publisher) { c.pub = p }
 
 // Close drops the idle connections to the app.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
-
-// InFlight returns the number of event requests in flight.
-func (c *Client) InFlight() int { return int(c.inFlight.Load()) }
 
 // Accept signs req (payload auth.AcceptPayload: "GET <path and
 // query>\n<connection id>\n<claims or empty>", SPEC §6) and sends it to
@@ -267,7 +235,7 @@ func (c *Client) Accept(req *fasthttp.Request, resp *fasthttp.Response) error {
 	switch status := resp.StatusCode(); {
 	case err != nil:
 		o = errOutcome(err)
-		if o == outcomeFailed && connLost(err) {
+		if o == outcomeFailed && appconn.ConnLost(err) {
 			// Right after the app died every pooled connection fails
 			// so, and the one retry may meet another before a dial is
 			// tried: the app is unreachable (503), as a refused dial says.
@@ -363,27 +331,13 @@ func (c *Client) acquire(abort <-chan struct{}) bool {
 
 func (c *Client) release() { <-c.slots }
 
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return "dial: " + e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
-func isTimeout(err error) bool {
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // errOutcome says what a failed round trip means. A dial that timed out
 // is unreachable, not slow: the app never got the request.
 func errOutcome(err error) outcome {
-	var de *dialError
 	switch {
-	case errors.As(err, &de), errors.Is(err, fasthttp.ErrNoFreeConns):
+	case appconn.IsDial(err), errors.Is(err, fasthttp.ErrNoFreeConns):
 		return outcomeUnreachable
-	case isTimeout(err):
+	case appconn.IsTimeout(err):
 		return outcomeTimeout
 	default:
 		return outcomeFailed

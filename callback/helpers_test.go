@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 )
 
@@ -294,6 +295,16 @@ func (a *fakeApp) client(t *testing.T, tweak func(*Config)) *testClient {
 	return newTestClient(t, a.network, a.addr, tweak)
 }
 
+// inFlightGauge is cablecar_webhooks_in_flight now; safe from any
+// goroutine.
+func (c *testClient) inFlightGauge() int {
+	var m dto.Metric
+	if err := c.m.inFlight.Write(&m); err != nil {
+		panic(err)
+	}
+	return int(m.GetGauge().GetValue())
+}
+
 // metric is the value of a counter or gauge, 0 when it has not been
 // touched. labels are name, value pairs.
 func (c *testClient) metric(t testing.TB, name string, labels ...string) float64 {
@@ -335,13 +346,13 @@ type target struct {
 	mu      sync.Mutex
 	info    ConnInfo
 	replies []*Reply
-	fails   []bool
-	failed  chan bool
-	onFail  func(gone bool)
+	fails   []Failure
+	failed  chan Failure
+	onFail  func(Failure)
 }
 
 func newTarget(id string) *target {
-	return &target{info: ConnInfo{ID: id}, failed: make(chan bool, 4)}
+	return &target{info: ConnInfo{ID: id}, failed: make(chan Failure, 4)}
 }
 
 func (t *target) Info() ConnInfo {
@@ -359,14 +370,14 @@ func (t *target) Apply(r *Reply) {
 	t.mu.Unlock()
 }
 
-func (t *target) Fail(gone bool) {
+func (t *target) Fail(why Failure) {
 	t.mu.Lock()
-	t.fails = append(t.fails, gone)
+	t.fails = append(t.fails, why)
 	onFail := t.onFail
 	t.mu.Unlock()
-	t.failed <- gone
+	t.failed <- why
 	if onFail != nil {
-		onFail(gone)
+		onFail(why)
 	}
 }
 

@@ -109,16 +109,13 @@ type lostTarget struct {
 }
 
 func (t lostTarget) Info() ConnInfo { return t.info }
-func (lostTarget) Fail(bool)        {}
+func (lostTarget) Fail(Failure)     {}
 
 func (t lostTarget) Apply(r *Reply) {
 	if t.pub == nil || len(r.Publish) == 0 {
 		return
 	}
-	msgs := make([]pubsub.Message, len(r.Publish))
-	for i, p := range r.Publish {
-		msgs[i] = pubsub.Message{Channel: p.Channel, Data: p.Data, Binary: p.Binary}
-	}
+	msgs := r.Messages("")
 	ctx, cancel := context.WithTimeout(context.Background(), t.timeout)
 	defer cancel()
 	if err := t.pub.Publish(ctx, msgs...); err != nil {

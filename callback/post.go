@@ -61,13 +61,11 @@ func (s *Stream) post(body []byte, sp span, attempt int) result {
 	}
 	req.SetBodyRaw(body)
 
-	c.inFlight.Add(1)
 	c.m.inFlight.Inc()
 	start := time.Now()
 	err := c.hc.DoTimeout(req, resp, c.cfg.Timeout)
 	elapsed := time.Since(start)
 	c.m.inFlight.Dec()
-	c.inFlight.Add(-1)
 	c.m.duration[kindEvents].Observe(elapsed.Seconds())
 
 	res := s.result(resp, err)

@@ -11,7 +11,9 @@ import (
 )
 
 // Limits on a reply (SPEC §2, §3; RFC 6455 §5.5: a close frame's payload is
-// at most 125 bytes, 2 of them the code).
+// at most 125 bytes, 2 of them the code). MaxStateSize bounds the state
+// wherever the app sets it: a reply's state and the accept's
+// Cablecar-State header alike.
 const (
 	MaxStateSize       = 4 << 10
 	MaxCloseReasonSize = 123
@@ -52,6 +54,23 @@ type Reply struct {
 func (r *Reply) Empty() bool {
 	return len(r.Send) == 0 && len(r.Subscribe) == 0 && len(r.Unsubscribe) == 0 &&
 		len(r.Publish) == 0 && r.State == nil && r.Close == nil
+}
+
+// Messages is the reply's publish as broker messages. except is the
+// connection the reply answers: a publication with except_self skips it.
+// "" skips none, for a connection that is gone everywhere already.
+func (r *Reply) Messages(except string) []pubsub.Message {
+	if len(r.Publish) == 0 {
+		return nil
+	}
+	msgs := make([]pubsub.Message, len(r.Publish))
+	for i, p := range r.Publish {
+		msgs[i] = pubsub.Message{Channel: p.Channel, Data: p.Data, Binary: p.Binary}
+		if p.ExceptSelf {
+			msgs[i].Except = except
+		}
+	}
+	return msgs
 }
 
 // ParseReply parses a 2xx reply body (SPEC §3). A body of content type

@@ -47,13 +47,24 @@ type Target interface {
 	// Apply carries out the app's reply to a batch. Called from the
 	// stream's goroutine, one at a time, in order.
 	Apply(r *Reply)
-	// Fail says the app refused the connection for good: gone=true for
-	// 410 (close by app), gone=false when retries of an open/message batch
-	// ran out (close 1011 by upstream). Called at most once, from the
-	// stream's goroutine; the connection is expected to push its close
-	// event (or End the stream) in answer, which is still delivered.
-	Fail(gone bool)
+	// Fail says the app refused the connection for good, and why. Called
+	// at most once, from the stream's goroutine; the connection is
+	// expected to push its close event (or End the stream) in answer,
+	// which is still delivered.
+	Fail(why Failure)
 }
+
+// Failure is why the app refused a connection for good.
+type Failure uint8
+
+const (
+	// AppClosed: the app answered 410 Gone; the connection closes as the
+	// app's decision (1000, by app).
+	AppClosed Failure = iota + 1
+	// AppUnavailable: retries of an open/message batch ran out; the
+	// connection closes as the app's failure (1011, by upstream).
+	AppUnavailable
+)
 
 // Limits of a stream's queue and of one request.
 const (
@@ -409,7 +420,7 @@ func (s *Stream) dropPendingLocked(reason dropReason, all bool) {
 
 // fail stops delivering all but the close event and tells the target,
 // once.
-func (s *Stream) fail(gone bool) {
+func (s *Stream) fail(why Failure) {
 	s.mu.Lock()
 	if s.failed {
 		s.mu.Unlock()
@@ -417,12 +428,12 @@ func (s *Stream) fail(gone bool) {
 	}
 	s.failed = true
 	s.failReason = dropUpstream
-	if gone {
+	if why == AppClosed {
 		s.failReason = dropGone
 	}
 	s.dropPendingLocked(s.failReason, false)
 	s.mu.Unlock()
-	s.t.Fail(gone)
+	s.t.Fail(why)
 }
 
 // result is what one attempt of an events request came to.
@@ -467,7 +478,7 @@ func (s *Stream) deliver(batch []queued) {
 				Str("outcome", outcomeNames[res.outcome]).Int("status", res.status).AnErr("last_error", res.err).
 				Msg("events not delivered: the app kept failing; closing the connection")
 			s.drop(sp, dropUpstream)
-			s.fail(false)
+			s.fail(AppUnavailable)
 			return
 		}
 		wait := backoff(attempt, c.backoffBase, c.backoffCap)
@@ -504,7 +515,7 @@ func (s *Stream) answered(res result, sp span) bool {
 		if !sp.close {
 			s.log(c.log.Info(), sp).Msg("the app answered 410: closing the connection")
 			s.drop(sp, dropGone)
-			s.fail(true)
+			s.fail(AppClosed)
 			return true
 		}
 		s.dropped(dropGone, 0, sp.events-1)

@@ -252,7 +252,7 @@ func TestGlobalCap(t *testing.T) {
 			default:
 			}
 			mu.Lock()
-			maxSeen = max(maxSeen, c.InFlight())
+			maxSeen = max(maxSeen, c.inFlightGauge())
 			mu.Unlock()
 			time.Sleep(time.Millisecond)
 		}
@@ -285,7 +285,7 @@ func TestGlobalCap(t *testing.T) {
 		t.Errorf("%d requests of one connection at once", perConn)
 	}
 	if maxSeen > 2 {
-		t.Errorf("InFlight reported %d", maxSeen)
+		t.Errorf("cablecar_webhooks_in_flight reported %d", maxSeen)
 	}
 	if got := len(app.eventIDs()); got != 25 {
 		t.Errorf("%d events delivered", got)
@@ -373,7 +373,7 @@ func TestRetriesExhausted(t *testing.T) {
 	c := app.client(t, func(cfg *Config) { cfg.Retries = 2 })
 	tg := newTarget("c_x")
 	s := c.NewStream(tg, "c_x", "/", nil)
-	tg.onFail = func(gone bool) {
+	tg.onFail = func(Failure) {
 		mu.Lock()
 		down = false
 		mu.Unlock()
@@ -384,9 +384,9 @@ func TestRetriesExhausted(t *testing.T) {
 	eventually(t, "first attempt", func() bool { return app.count() >= 1 })
 	s.Push(msg("queued behind"))
 	select {
-	case gone := <-tg.failed:
-		if gone {
-			t.Error("Fail(true) for exhausted retries")
+	case why := <-tg.failed:
+		if why != AppUnavailable {
+			t.Errorf("Fail(%d) for exhausted retries, want AppUnavailable", why)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Fail not called")
@@ -442,9 +442,9 @@ func TestGone(t *testing.T) {
 	})
 	close(release)
 	select {
-	case gone := <-tg.failed:
-		if !gone {
-			t.Error("Fail(false) for 410")
+	case why := <-tg.failed:
+		if why != AppClosed {
+			t.Errorf("Fail(%d) for 410, want AppClosed", why)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Fail not called")

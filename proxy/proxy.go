@@ -17,12 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
-)
 
-// maxHeaderBytes bounds request and response headers. fasthttp's 4 KiB
-// default is too small for apps with a few cookies; Puma accepts far more,
-// nginx 4×8 KiB.
-const maxHeaderBytes = 16 << 10
+	"github.com/cablecar/cablecar/internal/appconn"
+)
 
 // smallBody is the largest response body of known length that is read whole
 // rather than streamed.
@@ -78,8 +75,8 @@ type Proxy struct {
 	sensitive map[string]bool
 	limiter   *clientLimiter
 
-	// OnUpgrade serves WebSocket handshakes. Nil until WebSocket support is
-	// built: such requests are then refused with 501, never half-proxied.
+	// OnUpgrade serves WebSocket handshakes (the sidecar sets upgrade's).
+	// When nil, such requests are refused with 501, never half-proxied.
 	OnUpgrade fasthttp.RequestHandler
 }
 
@@ -116,7 +113,9 @@ func NewServer(cfg Config, handler fasthttp.RequestHandler, log zerolog.Logger) 
 			}
 			return fasthttp.RequestConfig{}
 		},
-		ReadBufferSize:               maxHeaderBytes,
+		// A request's headers pass to the app as they came: the same
+		// limit both ways.
+		ReadBufferSize:               appconn.MaxHeaderBytes,
 		WriteBufferSize:              16 << 10,
 		StreamRequestBody:            true,
 		MaxRequestBodySize:           64 << 10, // buffered below this, streamed above

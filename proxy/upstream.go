@@ -7,11 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/cablecar/cablecar/internal/appconn"
 )
 
 // newUpstreamClient builds the one keep-alive pool to the app.
@@ -23,45 +23,36 @@ import (
 // before its headers and between reads of a streamed body — so each Read and
 // Write on the connection moves its own deadline.
 func newUpstreamClient(cfg Config, dialer *net.Dialer, dials func()) *fasthttp.HostClient {
-	network, address := cfg.Network, cfg.Address
-	addr := address
-	if network == "unix" {
-		// fasthttp wants a host for its pool bookkeeping; the Dial below ignores it.
-		addr = "app.sock"
-	}
-	return &fasthttp.HostClient{
-		Addr: addr,
-		Dial: func(string) (net.Conn, error) {
-			c, err := dialer.Dial(network, address)
+	hc := appconn.NewHostClient(appconn.Pool{
+		Network: cfg.Network,
+		Address: cfg.Address,
+		// dialer.Timeout is connect_timeout; a request has no deadline
+		// to share with its dial (Do, not DoTimeout: see above).
+		Dial: func(time.Duration) (net.Conn, error) {
+			c, err := dialer.Dial(cfg.Network, cfg.Address)
 			if err != nil {
-				return nil, &dialError{err: err}
+				return nil, err
 			}
 			dials()
 			return &upstreamConn{Conn: c, timeout: cfg.ResponseTimeout}, nil
 		},
-		MaxConns:                      cfg.MaxConns,
-		MaxConnWaitTimeout:            cfg.ResponseTimeout,
-		MaxIdleConnDuration:           cfg.IdleTimeout,
-		ReadBufferSize:                maxHeaderBytes,
-		WriteBufferSize:               16 << 10,
-		StreamResponseBody:            true,
-		DisablePathNormalizing:        true,
-		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: false,
-		RetryIfErr:                    retryStale,
-	}
+		MaxConns:    cfg.MaxConns,
+		MaxConnWait: cfg.ResponseTimeout,
+		IdleTimeout: cfg.IdleTimeout,
+		RetryIfErr:  retryStale,
+	})
+	hc.StreamResponseBody = true
+	return hc
 }
 
 // retryStale retries only what is safe to send twice: a request without a
 // body, with an idempotent method, that failed because a pooled keep-alive
-// connection had been closed by the app before it answered. A timeout is
-// never retried: the app may still be working on the first attempt.
+// connection had been closed by the app before it answered.
 func retryStale(req *fasthttp.Request, attempts int, err error) (resetTimeout, retry bool) {
-	if attempts > 1 || req.IsBodyStream() || !isIdempotent(req) {
+	if req.IsBodyStream() || !isIdempotent(req) {
 		return false, false
 	}
-	return false, errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return appconn.RetryStale(req, attempts, err)
 }
 
 func isIdempotent(req *fasthttp.Request) bool {
@@ -117,11 +108,6 @@ func (c *upstreamConn) SetDeadline(time.Time) error      { return nil }
 func (c *upstreamConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *upstreamConn) SetWriteDeadline(time.Time) error { return nil }
 
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return "dial: " + e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
 // failure is what the client is told when the app could not answer.
 type failure struct {
 	status int
@@ -140,30 +126,21 @@ var (
 
 // classify maps an error from the upstream round trip to what the client sees.
 func classify(err error) failure {
-	var de *dialError
 	var ce *clientReadError
 	switch {
-	case errors.As(err, &de):
+	case appconn.IsDial(err):
 		return failUnreachable
-	case errors.As(err, &ce) && isTimeout(ce.err):
+	case errors.As(err, &ce) && appconn.IsTimeout(ce.err):
 		return failBodyTimeout
 	case errors.As(err, &ce):
 		return failBadRequest
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
 		return failBusy
-	case isTimeout(err):
+	case appconn.IsTimeout(err):
 		return failTimeout
 	default:
 		return failBadResponse
 	}
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Ping reports whether the app accepts connections, for /readyz. With a

@@ -1,6 +1,6 @@
 // Package pubsub carries broadcasts and per-connection commands between
 // Cablecar nodes. Broker is what the WebSocket side (upgrade) needs of it;
-// Memory serves one node, Redis (a later issue) many. Both pass the shared
+// Memory serves one node, Redis many. Both pass the shared
 // contract test in pubsub/pubsubtest.
 //
 // A broker knows channels and connection ids, never sockets: it hands what

@@ -40,6 +40,19 @@ func run(t testing.TB, r *Registry, post PostFunc) (kill func()) {
 	if post == nil {
 		post = func(_ string, _ ConnRecord, _ <-chan struct{}, settled func()) bool { settled(); return true }
 	}
+	return start(t, r, post)
+}
+
+// runNoReaping runs r as a node that keeps its lease and records but never
+// reaps (Run with no PostFunc), for tests that need one survivor to be
+// the reaper.
+func runNoReaping(t testing.TB, r *Registry) (kill func()) {
+	t.Helper()
+	return start(t, r, nil)
+}
+
+func start(t testing.TB, r *Registry, post PostFunc) (kill func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	go r.Run(ctx, post)
 	var once sync.Once

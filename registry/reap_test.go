@@ -74,7 +74,7 @@ func TestRegistryUndeliveredCloseEventsHoldNoRound(t *testing.T) {
 	p := poster{hold: true}
 	killA := run(t, a, nil)
 	run(t, b, p.as("B"))
-	killC := run(t, c, nil)
+	killC := runNoReaping(t, c)
 	recsA, recsC := trackN(a, 30), trackN(c, 20)
 	eventually(t, "A's and C's records", 5*time.Second, func() bool {
 		return hlen(t, rdb, a.node) == 30 && hlen(t, rdb, c.node) == 20

@@ -3,8 +3,11 @@ package sidecar
 import (
 	"errors"
 
+	"github.com/fasthttp/websocket"
+
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/registry"
+	"github.com/cablecar/cablecar/upgrade"
 )
 
 // The registry finds lost nodes and keeps their records until their close
@@ -15,7 +18,7 @@ import (
 
 // lostClose is the close event of a connection whose node was lost
 // (SPEC §3): code 1006, by node_lost.
-var lostClose = callback.Event{Type: callback.EventClose, Code: 1006, Reason: "node lost", By: "node_lost"}
+var lostClose = callback.Event{Type: callback.EventClose, Code: websocket.CloseAbnormalClosure, Reason: "node lost", By: upgrade.ByNodeLost}
 
 // postLost is the registry's PostFunc: it queues a lost connection's
 // close event in the callback client's close queue and returns at once,

@@ -1,7 +1,9 @@
 // Package sidecar wires Cablecar's parts together from a config.Config and
-// runs them: the front listener (proxy, later WebSockets), the admin
-// listener, and the graceful shutdown that ties them together. main stays a
-// few lines; everything here can be started from a test.
+// runs them: the front listener (plain HTTP through proxy, WebSocket
+// handshakes handed to upgrade), the broker and the Redis registry of
+// connections with its reaping of lost nodes, the admin listener, and the
+// graceful shutdown that ties them together. main stays a few lines;
+// everything here can be started from a test.
 package sidecar
 
 import (
@@ -77,38 +79,33 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		ConstLabels: prometheus.Labels{"version": Version},
 	}, func() float64 { return 1 }))
 
-	origins, err := auth.NewOriginPolicy(cfg.WebSocket.AllowedOrigins)
+	node := pubsub.NewNodeID()
+	pc, err := partConfigs(cfg, node)
 	if err != nil {
-		return nil, fmt.Errorf("websocket.allowed_origins: %w", err)
+		return nil, err
 	}
 
-	jwt, err := auth.NewVerifier(jwtConfig(cfg), log, reg)
+	jwt, err := auth.NewVerifier(pc.jwt, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("auth.jwt: %w", err)
 	}
 
-	node := pubsub.NewNodeID()
-	pcfg := proxyConfig(cfg)
-	p := proxy.New(pcfg, log, reg)
-	cb := callback.New(callbackConfig(cfg), log, reg)
-	ucfg := upgradeConfig(cfg, origins)
-	ucfg.Node = node
+	p := proxy.New(pc.proxy, log, reg)
+	cb := callback.New(pc.callback, log, reg)
+	ucfg := pc.upgrade
 	ucfg.JWT = jwt
-	ucfg.JWTLeeway = cfg.Auth.JWT.Leeway
 
 	var (
 		inner   pubsub.Broker = pubsub.NewMemory()
 		records *registry.Registry
 	)
 	if cfg.Broker.URL != "" {
-		rb, err := pubsub.NewRedis(pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node}, log, reg)
+		rb, err := pubsub.NewRedis(pc.redis, log, reg)
 		if err != nil {
 			return nil, err
 		}
 		inner = rb
-		records = registry.New(rb.Client(), registry.Config{
-			Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL,
-		}, log, reg)
+		records = registry.New(rb.Client(), pc.registry, log, reg)
 		ucfg.Tracker = records
 	}
 	broker := pubsub.Metered(inner, reg)
@@ -129,7 +126,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		cb:       cb,
 		broker:   broker,
 		registry: records,
-		front:    proxy.NewServer(pcfg, p.ServeHTTP, log),
+		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
 		admin:    admin.New(log, reg),
 	}
 	s.admin.AddCheck("app", p.Ping)
@@ -155,69 +152,9 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	return s, nil
 }
 
-func proxyConfig(cfg *config.Config) proxy.Config {
-	return proxy.Config{
-		Network:           cfg.Upstream.Network,
-		Address:           cfg.Upstream.Address,
-		ConnectTimeout:    cfg.Proxy.ConnectTimeout,
-		ResponseTimeout:   cfg.Proxy.ResponseTimeout,
-		IdleTimeout:       cfg.Proxy.IdleTimeout,
-		ClientIdleTimeout: cfg.Proxy.ClientIdleTimeout,
-		MaxConns:          cfg.Proxy.MaxConns,
-		TrustedProxies:    cfg.Proxy.TrustedProxies,
-		HealthPath:        cfg.Proxy.HealthPath,
-		ClientBodyTimeout: cfg.Proxy.ClientBodyTimeout,
-		MaxConnsPerClient: cfg.Proxy.ConnsPerClient(),
-		SensitiveParams:   []string{cfg.Auth.JWT.QueryParam},
-	}
-}
-
-func callbackConfig(cfg *config.Config) callback.Config {
-	return callback.Config{
-		Network:        cfg.Upstream.Network,
-		Address:        cfg.Upstream.Address,
-		ConnectTimeout: cfg.Proxy.ConnectTimeout,
-		Timeout:        cfg.Callback.Timeout,
-		Retries:        cfg.Callback.Retries,
-		Secrets:        cfg.Callback.Secret,
-		MaxInFlight:    cfg.Callback.MaxInFlight,
-		// Close events outlive app outages (SPEC §3).
-		CloseRetryFor:    cfg.Callback.CloseRetryFor,
-		MaxPendingCloses: cfg.Callback.MaxPendingCloses,
-	}
-}
-
-func jwtConfig(cfg *config.Config) auth.JWTConfig {
-	j := cfg.Auth.JWT
-	return auth.JWTConfig{
-		Required:    j.Required,
-		HMACSecrets: j.HMACSecret,
-		JWKSURL:     j.JWKSURL,
-		Issuer:      j.Issuer,
-		Audience:    j.Audience,
-		QueryParam:  j.QueryParam,
-		Leeway:      j.Leeway,
-	}
-}
-
-func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Config {
-	ws := cfg.WebSocket
-	return upgrade.Config{
-		PingInterval:   ws.PingInterval,
-		PongTimeout:    ws.PongTimeout,
-		SendQueue:      ws.SendQueue,
-		SendQueueBytes: ws.SendQueueBytes,
-		MaxMessageSize: ws.MaxMessageSize,
-		RatePerSecond:  ws.RateLimit.PerSecond,
-		RateBurst:      ws.RateLimit.Burst,
-		Origins:        origins,
-		ForwardHeaders: cfg.Callback.ForwardHeaders,
-	}
-}
-
-// warnInactive says so when settings that this build validates but does
-// not act on yet have been changed from their defaults: a setting that
-// silently does nothing is worse than a loud one.
+// warnInactive says so when settings that do nothing with the rest of the
+// config have been changed from their defaults: a setting that silently
+// does nothing is worse than a loud one.
 func warnInactive(cfg *config.Config, log zerolog.Logger) {
 	def := config.Default()
 	if cfg.Broker.URL == "" && (cfg.Broker.Prefix != def.Broker.Prefix || cfg.Broker.LeaseTTL != def.Broker.LeaseTTL) {
@@ -227,9 +164,6 @@ func warnInactive(cfg *config.Config, log zerolog.Logger) {
 		log.Warn().Str("section", "auth.jwt").Msg("auth.jwt is configured but has neither hmac_secret nor jwks_url: tokens are not checked")
 	}
 }
-
-// Addr is the front listener's address (useful with port 0).
-func (s *Sidecar) Addr() net.Addr { return s.frontLn.Addr() }
 
 // Run serves until ctx is cancelled, then shuts down gracefully: /readyz
 // turns 503, the front listener stops accepting, in-flight requests finish,

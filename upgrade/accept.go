@@ -16,9 +16,6 @@ import (
 	"github.com/cablecar/cablecar/pubsub"
 )
 
-// maxState is the longest Cablecar-State an app may set (SPEC §2).
-const maxState = 4 << 10
-
 type eventSet uint8
 
 const (
@@ -240,8 +237,8 @@ func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader)
 			acc.subscribe = append(acc.subscribe, ch)
 		}
 	}
-	if v := resp.Peek("Cablecar-State"); len(v) > maxState {
-		return acc, fmt.Errorf("Cablecar-State is %d bytes, more than %d", len(v), maxState)
+	if v := resp.Peek("Cablecar-State"); len(v) > callback.MaxStateSize {
+		return acc, fmt.Errorf("Cablecar-State is %d bytes, more than %d", len(v), callback.MaxStateSize)
 	} else {
 		acc.state = string(v)
 	}

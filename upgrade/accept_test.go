@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/cablecar/cablecar/callback"
 )
 
 func TestParseAcceptance(t *testing.T) {
@@ -33,7 +35,7 @@ func TestParseAcceptance(t *testing.T) {
 		},
 		{name: "no events at all", resp: map[string]string{"Cablecar-Events": " "}, want: acceptance{events: 0}},
 		{name: "bad channel", resp: map[string]string{"Cablecar-Subscribe": "room 1"}, err: "Cablecar-Subscribe"},
-		{name: "state too long", resp: map[string]string{"Cablecar-State": strings.Repeat("x", maxState+1)}, err: "Cablecar-State"},
+		{name: "state too long", resp: map[string]string{"Cablecar-State": strings.Repeat("x", callback.MaxStateSize+1)}, err: "Cablecar-State"},
 		{name: "unknown event", resp: map[string]string{"Cablecar-Events": "open,shout"}, err: `"shout"`},
 		{name: "events path not a path", resp: map[string]string{"Cablecar-Events-Path": "http://evil/"}, err: "Cablecar-Events-Path"},
 		{name: "events path to another host", resp: map[string]string{"Cablecar-Events-Path": "//evil/x"}, err: "Cablecar-Events-Path"},

@@ -14,7 +14,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cablecar/cablecar/callback"
-	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/registry"
 )
 
@@ -277,14 +276,7 @@ func (c *Conn) Apply(r *callback.Reply) {
 	for _, f := range r.Send {
 		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
 	}
-	if len(r.Publish) > 0 {
-		msgs := make([]pubsub.Message, len(r.Publish))
-		for i, p := range r.Publish {
-			msgs[i] = pubsub.Message{Channel: p.Channel, Data: p.Data, Binary: p.Binary}
-			if p.ExceptSelf {
-				msgs[i].Except = c.id
-			}
-		}
+	if msgs := r.Messages(c.id); len(msgs) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
 		if err := c.hub.broker.Publish(ctx, msgs...); err != nil {
 			c.log.Warn().Err(err).Msg("publish from the app's reply failed")
@@ -298,8 +290,8 @@ func (c *Conn) Apply(r *callback.Reply) {
 
 // Fail ends the connection after the app refused it for good (410) or its
 // webhooks kept failing.
-func (c *Conn) Fail(gone bool) {
-	if gone {
+func (c *Conn) Fail(why callback.Failure) {
+	if why == callback.AppClosed {
 		c.closeWith(websocket.CloseNormalClosure, "", ByApp)
 		return
 	}
