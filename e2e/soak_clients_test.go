@@ -35,6 +35,7 @@ type soakClients struct {
 	codes    map[string]int            // how sessions ended, for the report
 
 	dials, refused, opened, sent, received atomic.Int64
+	live                                   atomic.Int64 // connections open now
 }
 
 // clientSession is what one client saw of one connection.
@@ -178,10 +179,12 @@ func (s *soakClients) session(rng *rand.Rand, d *websocket.Dialer, url, node, ro
 	s.sessions[string(first)] = sess
 	s.mu.Unlock()
 	s.opened.Add(1)
+	s.live.Add(1)
 
 	ended := make(chan string, 1)
 	go func() { ended <- s.read(conn) }()
 	finish := func(how string) bool {
+		s.live.Add(-1)
 		s.mu.Lock()
 		sess.ended, sess.how = time.Since(s.began), how
 		s.mu.Unlock()

@@ -1,16 +1,21 @@
-//go:build soak
-
 package e2e
+
+// Not behind the soak tag: the record and its checks are plain Go, and
+// TestSoakRecordChecks, below, proves in a millisecond that the soak's
+// checks can fail.
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // soakRecord is the app's record (testdata/soakapp), read as it grows: the
@@ -182,7 +187,8 @@ func (l *connLog) disorder() string {
 			if ev.n <= prev.n {
 				return fmt.Sprintf("%s (%s) arrived after %s (%s)", ev.id, ev.typ, prev.id, prev.typ)
 			}
-			if prev.typ == "close" {
+			// A second close is counted as doubled, not here.
+			if prev.typ == "close" && ev.typ != "close" {
 				return fmt.Sprintf("%s (%s) arrived after the close %s", ev.id, ev.typ, prev.id)
 			}
 		}
@@ -218,4 +224,73 @@ func parseLogLine(line string) (LogLine, bool) {
 		return nil, false
 	}
 	return l, true
+}
+
+// TestSoakRecordChecks feeds the soak's checker a record with one of each
+// broken invariant, and retries and a lost node's close that are fine.
+func TestSoakRecordChecks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "record.tsv")
+	lines := []string{
+		// fine: retried events, a node_lost close with the fixed id
+		"A\tc_ok", "E\tc_ok\tc_ok:1\topen\t", "E\tc_ok\tc_ok:2\tmessage\t1",
+		"E\tc_ok\tc_ok:1\topen\t", "E\tc_ok\tc_ok:2\tmessage\t1", "E\tc_ok\tc_ok:3\tmessage\t2",
+		"E\tc_ok\tc_ok:9007199254740991\tclose\t1006/node_lost", "E\tc_ok\tc_ok:9007199254740991\tclose\t1006/node_lost",
+		// lost: opened, chatted, no close
+		"A\tc_lost", "E\tc_lost\tc_lost:1\topen\t",
+		// doubled: its own close and a node_lost one
+		"A\tc_two", "E\tc_two\tc_two:1\topen\t", "E\tc_two\tc_two:2\tclose\t1000/client",
+		"E\tc_two\tc_two:9007199254740991\tclose\t1006/node_lost",
+		// reordered: event 3 before event 2
+		"A\tc_order", "E\tc_order\tc_order:1\topen\t", "E\tc_order\tc_order:3\tmessage\t2",
+		"E\tc_order\tc_order:2\tmessage\t1", "E\tc_order\tc_order:4\tclose\t1000/client",
+		// reordered: messages numbered in order but sent the other way round
+		"A\tc_swap", "E\tc_swap\tc_swap:1\tmessage\t2", "E\tc_swap\tc_swap:2\tmessage\t1",
+		"E\tc_swap\tc_swap:3\tclose\t1000/client",
+	}
+	// Written in two parts, the first ending mid-line, as the app appends
+	// while the soak reads.
+	text := strings.Join(lines, "\n") + "\n"
+	half := strings.Index(text, "c_lost:1") + 3
+	if err := os.WriteFile(path, []byte(text[:half]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := newSoakRecord(path)
+	if err := r.update(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(text[half:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := r.update(); err != nil {
+		t.Fatal(err)
+	}
+
+	if len(r.bad) > 0 {
+		t.Fatalf("unreadable lines: %q", r.bad)
+	}
+	must := r.mustClose([]string{"c_ok", "c_client_only"})
+	if want := []string{"c_client_only", "c_lost", "c_ok", "c_order", "c_swap", "c_two"}; !slices.Equal(must, want) {
+		t.Errorf("mustClose = %v, want %v", must, want)
+	}
+	if got, want := r.lost(must), []string{"c_client_only", "c_lost"}; !slices.Equal(got, want) {
+		t.Errorf("lost = %v, want %v", got, want)
+	}
+	if got, want := r.doubled(), []string{"c_two"}; !slices.Equal(got, want) {
+		t.Errorf("doubled = %v, want %v", got, want)
+	}
+	reordered := r.reordered()
+	if got, want := slices.Sorted(maps.Keys(reordered)), []string{"c_order", "c_swap"}; !slices.Equal(got, want) {
+		t.Errorf("reordered = %v (%v), want %v", got, reordered, want)
+	}
+	if got := r.events(); got != 15 {
+		t.Errorf("events = %d, want 15 distinct", got)
+	}
+	if got := r.closeKinds()["1006/node_lost"]; got != 2 {
+		t.Errorf("node_lost closes = %d, want 2", got)
+	}
 }

@@ -37,7 +37,7 @@ type soakConfig struct {
 	Duration     time.Duration // SOAK_DURATION: clients chat and faults happen for this long (5m)
 	Clients      int           // SOAK_CLIENTS: concurrent users (2000)
 	AppOutage    time.Duration // SOAK_APP_OUTAGE: how long the app is away (60s, at most a fifth of the duration unless set)
-	MessageEvery time.Duration // SOAK_MESSAGE_EVERY: mean gap between one client's messages (5s)
+	MessageEvery time.Duration // SOAK_MESSAGE_EVERY: mean gap between one client's messages (10s)
 	Lifetime     time.Duration // SOAK_LIFETIME: mean life of one connection before its client leaves (30s)
 	LeaseTTL     time.Duration // SOAK_LEASE_TTL: broker.lease_ttl of the nodes (3s)
 	Settle       time.Duration // SOAK_SETTLE: the longest wait for the last close events once clients left (2m)
@@ -50,7 +50,7 @@ func soakConfigFromEnv(t *testing.T) soakConfig {
 	c := soakConfig{
 		Duration:     soakDuration(t, "SOAK_DURATION", 5*time.Minute),
 		Clients:      2000,
-		MessageEvery: soakDuration(t, "SOAK_MESSAGE_EVERY", 5*time.Second),
+		MessageEvery: soakDuration(t, "SOAK_MESSAGE_EVERY", 10*time.Second),
 		Lifetime:     soakDuration(t, "SOAK_LIFETIME", 30*time.Second),
 		LeaseTTL:     soakDuration(t, "SOAK_LEASE_TTL", 3*time.Second),
 		Settle:       soakDuration(t, "SOAK_SETTLE", 2*time.Minute),
@@ -98,13 +98,15 @@ type soak struct {
 	t       *testing.T
 	cfg     soakConfig
 	redis   *Redis
-	puma    *Puma
-	pumaOpt PumaOptions
+	app     *soakApp
+	control string // the app's 503 burst file
 	nodes   *soakNodes
 	record  *soakRecord
 	clients *soakClients
 	began   time.Time
 	faults  []soakFault
+
+	progressed time.Duration // when waitUntil last said how the crowd is doing
 }
 
 // soakFault is one fault injected, for the report and to place what was
@@ -123,21 +125,18 @@ func TestSoak(t *testing.T) {
 
 func (s *soak) setUp() {
 	t := s.t
-	recordPath := filepath.Join(t.TempDir(), "record.tsv")
+	dir := t.TempDir()
+	recordPath := filepath.Join(dir, "record.tsv")
+	s.control = filepath.Join(dir, "fail-until")
 	s.record = newSoakRecord(recordPath)
 	s.redis = StartRedis(t)
-	s.pumaOpt = PumaOptions{
-		Port:   FreePort(t),
-		Rackup: filepath.Join(RepoRoot(t), "testdata", "soakapp", "config.ru"),
-		Env:    map[string]string{"SOAK_RECORD": recordPath},
-	}
-	s.puma = StartPuma(t, s.pumaOpt)
+	s.app = newSoakApp(t, recordPath, s.control)
 	// What a careful operator runs: Redis for broadcasts and lost-node
 	// close events, a short lease so a lost node is reaped within seconds,
 	// every other key (close_retry_for, shutdown_timeout, timeouts) at its
 	// default.
 	s.nodes = newSoakNodes(t, 2, CablecarOptions{
-		Upstream: s.puma.Upstream,
+		Upstream: s.app.upstream,
 		Config: map[string]any{
 			"broker.url":             s.redis.URL,
 			"broker.lease_ttl":       s.cfg.LeaseTTL.String(),
@@ -170,7 +169,7 @@ func (s *soak) run() {
 	lostBefore := nodeMetric(survivor.c, "cablecar_node_lost_connections_total")
 	at := s.now()
 	victim := s.nodes.kill(0)
-	WaitFor(t, 10*s.cfg.LeaseTTL+30*time.Second, survivor.name+" to reap "+victim.name, func() bool {
+	WaitFor(t, 10*s.cfg.LeaseTTL+3*time.Minute, survivor.name+" to reap "+victim.name, func() bool {
 		return nodeMetric(survivor.c, "cablecar_node_lost_total") >= 1
 	})
 	reaped := nodeMetric(survivor.c, "cablecar_node_lost_connections_total") - lostBefore
@@ -188,9 +187,9 @@ func (s *soak) run() {
 	burst := min(3*time.Second, cfg.Duration/60)
 	for i := range 3 {
 		at = s.now()
-		code, body, err := get(s.puma.Client(), fmt.Sprintf("%s/soak/_fail?seconds=%.3f", s.puma.URL, burst.Seconds()), 5*time.Second)
-		if err != nil || code != 200 {
-			t.Fatalf("asking the app for a 503 burst: status %d %q, %v", code, body, err)
+		until := time.Now().Add(burst)
+		if err := os.WriteFile(s.control, fmt.Appendf(nil, "%d.%09d", until.Unix(), until.Nanosecond()), 0o600); err != nil {
+			t.Fatalf("asking the app for a 503 burst: %v", err)
 		}
 		s.waitUntil(at + burst + burst*4/3)
 		s.fault(at, fmt.Sprintf("503 burst %d of 3, %v", i+1, burst))
@@ -199,9 +198,9 @@ func (s *soak) run() {
 	// The app goes away altogether (killed), then comes back.
 	s.waitUntil(s.share(0.40))
 	at = s.now()
-	s.puma.Kill()
+	s.app.kill()
 	s.waitUntil(at + cfg.AppOutage)
-	s.puma = StartPuma(t, s.pumaOpt)
+	s.app.start()
 	s.fault(at, fmt.Sprintf("app killed, away %v, restarted", (s.now()-at).Round(100*time.Millisecond)))
 
 	// A rolling restart: SIGTERM to each node in turn, a new process in its
@@ -399,10 +398,20 @@ func (s *soak) now() time.Duration { return time.Since(s.began) }
 func (s *soak) share(f float64) time.Duration { return time.Duration(f * float64(s.cfg.Duration)) }
 
 // waitUntil waits for a point of the schedule: the faults come at times,
-// not on conditions.
+// not on conditions. Every 30 s of waiting it says how the crowd is doing.
 func (s *soak) waitUntil(at time.Duration) {
-	if d := at - s.now(); d > 0 {
-		time.Sleep(d)
+	for range 10_000 {
+		d := at - s.now()
+		if d <= 0 {
+			return
+		}
+		if s.now()-s.progressed >= 30*time.Second {
+			s.progressed = s.now()
+			c := s.clients
+			s.logf("%d connections open, %d opened so far, %d refused, %d messages sent, %d broadcasts received",
+				c.live.Load(), c.opened.Load(), c.refused.Load(), c.sent.Load(), c.received.Load())
+		}
+		time.Sleep(min(d, 30*time.Second-(s.now()-s.progressed)))
 	}
 }
 

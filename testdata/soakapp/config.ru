@@ -22,10 +22,12 @@
 #                          room:R; the first message is the connection id
 #   POST /ws/soak?room=R   events; a message is published to room:R
 #                          (except_self), so the room chats
-#   GET  /soak/_fail?seconds=S  answers 503 to every accept and event for S
-#                          seconds (the soak's 503 bursts; sent straight to
-#                          Puma, not through Cablecar)
 #   GET  /health           ok
+#
+# The soak's 503 bursts: while the time in the file SOAK_CONTROL (Unix
+# seconds) is in the future, the app answers 503 to every accept and event.
+# A file, not a request: a request to a saturated app would wait in line
+# behind the very load the burst is meant to fail.
 #
 # Plain Rack, only the standard library.
 
@@ -34,12 +36,13 @@ require "uri"
 
 class SoakApp
   MAX_BODY = 4 * 1024 * 1024
-  MAX_FAIL = 120.0 # seconds; a burst the soak asks for never outlives a run
 
-  def initialize(path)
+  def initialize(path, control)
     @file = File.open(path, "a")
     @file.sync = true
     @mutex = Mutex.new
+    @control = control
+    @control_mtime = nil
     @fail_until = 0.0
   end
 
@@ -48,10 +51,6 @@ class SoakApp
     query = parse_query(env["QUERY_STRING"])
     case path
     when "/health" then text(200, "ok")
-    when "/soak/_fail"
-      seconds = query.fetch("seconds", "0").to_f.clamp(0.0, MAX_FAIL)
-      @mutex.synchronize { @fail_until = now + seconds }
-      text(200, "failing for #{seconds}s\n")
     when "/ws/soak"
       return text(503, "failing on purpose\n") if failing?
 
@@ -114,12 +113,19 @@ class SoakApp
     @mutex.synchronize { @file.write(s) }
   end
 
+  # Whether a 503 burst is on: the control file is read again only when it
+  # changed.
   def failing?
-    @mutex.synchronize { now < @fail_until }
-  end
-
-  def now
-    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    mtime = File.mtime(@control)
+    @mutex.synchronize do
+      if mtime != @control_mtime
+        @fail_until = File.read(@control).to_f
+        @control_mtime = mtime
+      end
+      Time.now.to_f < @fail_until
+    end
+  rescue SystemCallError
+    false
   end
 
   def parse_query(qs)
@@ -139,4 +145,5 @@ class SoakApp
 end
 
 record = ENV.fetch("SOAK_RECORD") { abort "SOAK_RECORD (the record file) is required" }
-run SoakApp.new(record)
+control = ENV.fetch("SOAK_CONTROL") { abort "SOAK_CONTROL (the 503 burst file) is required" }
+run SoakApp.new(record, control)
