@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -267,6 +268,13 @@ func (s *soakClients) read(conn *websocket.Conn) string {
 		s.received.Add(1)
 	}
 	return "read loop bound reached"
+}
+
+// tally is how sessions ended so far.
+func (s *soakClients) tally() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.codes)
 }
 
 func (s *soakClients) count(how string) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -41,13 +42,14 @@ type soakNode struct {
 
 // procStats are the figures of a node that show a leak.
 type procStats struct {
-	RSS        int64 // bytes, VmRSS
-	Goroutines int   // go_goroutines from /metrics
-	FDs        int   // entries of /proc/<pid>/fd
+	RSS        int64          // bytes, VmRSS
+	Goroutines int            // go_goroutines from /metrics
+	FDs        int            // entries of /proc/<pid>/fd
+	FDKinds    map[string]int // the same, by what they are (fdKind)
 }
 
 func (s procStats) String() string {
-	return fmt.Sprintf("RSS %.1f MiB, %d goroutines, %d FDs", float64(s.RSS)/(1<<20), s.Goroutines, s.FDs)
+	return fmt.Sprintf("RSS %.1f MiB, %d goroutines, %d FDs (%s)", float64(s.RSS)/(1<<20), s.Goroutines, s.FDs, counts(s.FDKinds))
 }
 
 func newSoakNodes(t *testing.T, count int, opts CablecarOptions) *soakNodes {
@@ -184,6 +186,7 @@ func readProcStats(c *Cablecar) (procStats, error) {
 		return s, err
 	}
 	s.FDs = len(fds)
+	s.FDKinds = fdKinds(c, fds)
 	code, body, err := get(c.admin, c.AdminURL+"/metrics", 5*time.Second)
 	if err != nil {
 		return s, err
@@ -236,4 +239,78 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// fdKinds sorts a node's open files by what they are: TCP sockets by their
+// far end (redis, app, a client on its listener, the admin listener's, a
+// listener) and the rest by kind (pipe, anon_inode, a file…), so that a
+// leak names itself.
+func fdKinds(c *Cablecar, fds []os.DirEntry) map[string]int {
+	pid := c.PID()
+	sockets := map[string]string{} // inode → kind
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[0] == "sl" {
+				continue
+			}
+			local, remote, state, inode := hexPort(f[1]), hexPort(f[2]), f[3], f[9]
+			kind := "other socket"
+			switch {
+			case state == "0A":
+				kind = "listener"
+			case remote == soakRedisPort:
+				kind = "redis"
+			case remote == soakAppPort:
+				kind = "app"
+			case local == portOf(c.Addr):
+				kind = "client"
+			case local == portOf(c.AdminAddr):
+				kind = "admin"
+			}
+			sockets[inode] = kind
+		}
+	}
+	out := map[string]int{}
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		switch {
+		case strings.HasPrefix(target, "socket:["):
+			kind, ok := sockets[strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")]
+			if !ok {
+				kind = "other socket"
+			}
+			out[kind]++
+		case strings.HasPrefix(target, "pipe:"):
+			out["pipe"]++
+		case strings.HasPrefix(target, "anon_inode:"):
+			out[target]++
+		default:
+			out["file"]++
+		}
+	}
+	return out
+}
+
+// The ports of the soak's Redis and app, for fdKinds.
+var soakRedisPort, soakAppPort int
+
+// hexPort is the port of an address of /proc/net/tcp ("0100007F:A24D").
+func hexPort(addr string) int {
+	_, port, _ := strings.Cut(addr, ":")
+	n, _ := strconv.ParseInt(port, 16, 32)
+	return int(n)
+}
+
+func portOf(hostport string) int {
+	_, port, _ := net.SplitHostPort(hostport)
+	n, _ := strconv.Atoi(port)
+	return n
 }

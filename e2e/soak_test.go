@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,6 +132,7 @@ func (s *soak) setUp() {
 	s.record = newSoakRecord(recordPath)
 	s.redis = StartRedis(t)
 	s.app = newSoakApp(t, recordPath, s.control)
+	soakRedisPort, soakAppPort = portOf(s.redis.Addr), portOf(s.app.addr)
 	// What a careful operator runs: Redis for broadcasts and lost-node
 	// close events, a short lease so a lost node is reaped within seconds,
 	// every other key (close_retry_for, shutdown_timeout, timeouts) at its
@@ -239,9 +241,8 @@ func (s *soak) check() {
 	})
 	s.logf("close events settled: %v (%d of %d still without one)", settled, len(lost), len(must))
 
-	// Near baseline: goroutines and files within a few of a fresh node's,
-	// resident memory within 64 MiB (Go returns freed memory to the kernel
-	// gradually, so RSS never comes all the way back).
+	// Near baseline (nearBaseline): goroutines and files within a few of a
+	// fresh node's, resident memory within 64 MiB.
 	type rest struct {
 		node  *soakNode
 		after procStats
@@ -290,7 +291,7 @@ func (s *soak) check() {
 	for _, f := range s.faults {
 		fmt.Fprintf(&b, "  %7s – %-7s %s\n", f.at.Round(time.Second), f.until.Round(time.Second), f.what)
 	}
-	fmt.Fprintf(&b, "how client sessions ended: %s\n", counts(c.codes))
+	fmt.Fprintf(&b, "how client sessions ended: %s\n", counts(c.tally()))
 	fmt.Fprintf(&b, "close events by code/by: %s\n", counts(s.record.closeKinds()))
 	fmt.Fprintf(&b, "close events: %d connections must have one; lost = %d, doubled = %d, reordered = %d\n",
 		len(must), len(lost), len(doubled), len(reordered))
@@ -345,10 +346,18 @@ func (s *soak) check() {
 	}
 }
 
-// nearBaseline: a few goroutines and files more than at rest (an idle
-// connection to the app or Redis), and at most 64 MiB more memory.
+// nearBaseline: a few goroutines more than at rest; a few open files more,
+// besides connections to Redis, which go-redis keeps idle in its pool (at
+// most 10 per CPU, for up to 30 minutes) whatever the number of WebSockets
+// served; and at most 64 MiB more resident memory (Go hands freed memory
+// back to the kernel gradually, so RSS never comes all the way down).
 func nearBaseline(base, now procStats) bool {
-	return now.Goroutines <= base.Goroutines+10 && now.FDs <= base.FDs+10 && now.RSS <= base.RSS+64<<20
+	redisPool := 10*runtime.NumCPU() + 4 // and the pub/sub connections
+	others := func(s procStats) int { return s.FDs - s.FDKinds["redis"] }
+	return now.Goroutines <= base.Goroutines+10 &&
+		others(now) <= others(base)+10 &&
+		now.FDKinds["redis"] <= base.FDKinds["redis"]+redisPool &&
+		now.RSS <= base.RSS+64<<20
 }
 
 // lostCauses groups lost connections by the node they were on, the last
