@@ -4,11 +4,11 @@ package e2e
 
 import (
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -49,7 +49,11 @@ func newSoakApp(t *testing.T, record, control string) *soakApp {
 	return a
 }
 
-// start runs Puma and waits until it answers /health, however slowly.
+// start runs Puma and waits until both its workers have booted and it
+// accepts connections. Not until /health answers: a Puma whose threads
+// are all busy with the nodes' keep-alive connections leaves a new
+// connection in the kernel's backlog, and the nodes, holding a minute of
+// retried events and reconnecting clients, keep it that busy for minutes.
 func (a *soakApp) start() {
 	a.t.Helper()
 	puma := requireTool(a.t, "puma")
@@ -58,20 +62,27 @@ func (a *soakApp) start() {
 	cmd.Dir = filepath.Dir(rackup)
 	cmd.Env = a.env
 	cmd.Stdout, cmd.Stderr = a.out, a.out
+	since := len(a.out.String())
 	a.proc = startProcess(a.t, "puma (soak app)", cmd)
 	proc := a.proc
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	var exited bool
-	WaitFor(a.t, 2*time.Minute, "the soak app to answer /health on "+a.addr, func() bool {
+	WaitFor(a.t, time.Minute, "the soak app's two workers to boot and listen on "+a.addr, func() bool {
 		if proc.exited() {
 			exited = true
 			return true
 		}
-		code, body, err := get(client, a.upstream+"/health", 10*time.Second)
-		return err == nil && code == 200 && body == "ok"
+		if strings.Count(a.out.String()[since:], "booted in") < 2 {
+			return false
+		}
+		conn, err := net.DialTimeout("tcp", a.addr, time.Second)
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
 	})
 	if exited {
-		a.t.Fatalf("the soak app exited before answering /health: %v", proc.err)
+		a.t.Fatalf("the soak app exited before it was ready: %v", proc.err)
 	}
 }
 

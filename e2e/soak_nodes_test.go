@@ -73,7 +73,7 @@ func (n *soakNodes) start(i int) *soakNode {
 	c := StartCablecar(n.t, n.opts)
 	// Ready: the broker is connected and the app answers, so the baseline
 	// is a node at rest, not one still starting.
-	WaitFor(n.t, 30*time.Second, name+" /readyz with the broker connected", func() bool {
+	WaitFor(n.t, 2*time.Minute, name+" /readyz with the broker connected", func() bool {
 		if c.AdminStatus("/readyz") != 200 {
 			return false
 		}
