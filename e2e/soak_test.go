@@ -347,12 +347,14 @@ func (s *soak) check() {
 }
 
 // nearBaseline: a few goroutines more than at rest; a few open files more,
-// besides connections to Redis, which go-redis keeps idle in its pool (at
-// most 10 per CPU, for up to 30 minutes) whatever the number of WebSockets
-// served; and at most 64 MiB more resident memory (Go hands freed memory
-// back to the kernel gradually, so RSS never comes all the way down).
+// besides connections to Redis, which go-redis keeps idle (for up to 30
+// minutes) in pools of a fixed size whatever the number of WebSockets
+// served — 10 per CPU for commands, 10 for pipelines, and the pub/sub
+// connections; and at most 64 MiB more resident memory (Go hands freed
+// memory back to the kernel gradually, so RSS never comes all the way
+// down).
 func nearBaseline(base, now procStats) bool {
-	redisPool := 10*runtime.NumCPU() + 4 // and the pub/sub connections
+	redisPool := 10*runtime.NumCPU() + 10 + 4
 	others := func(s procStats) int { return s.FDs - s.FDKinds["redis"] }
 	return now.Goroutines <= base.Goroutines+10 &&
 		others(now) <= others(base)+10 &&
