@@ -3,6 +3,7 @@ package upgrade
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -468,11 +469,38 @@ func (c *Conn) queuedData() []string {
 	return out
 }
 
+// A broadcast split over several goroutines reaches every member once, but
+// the one left out, and one publisher's broadcasts reach every member in
+// the order they were published.
+func TestFanoutOrder(t *testing.T) {
+	h := bareHub(t, newRecBroker(t), Config{SendQueue: 100})
+	const n, msgs = 3*fanoutPart + 7, 40
+	targets := make([]*Conn, n)
+	for i := range targets {
+		targets[i] = h.bareConn("c" + strconv.Itoa(i))
+	}
+	for m := range msgs {
+		out := outgoing{data: []byte(strconv.Itoa(m)), size: 1}
+		fanout(targets, out, "c"+strconv.Itoa(m), 4)
+	}
+	for i, c := range targets {
+		var want []string
+		for m := range msgs {
+			if m != i {
+				want = append(want, strconv.Itoa(m))
+			}
+		}
+		if got := c.queuedData(); !slices.Equal(got, want) {
+			t.Fatalf("connection %d got %q, want %q", i, got, want)
+		}
+	}
+}
+
 // Deliver reaches the channel's members through the hub's sets, each
 // once, and no one else.
 func TestDeliverToMembers(t *testing.T) {
 	h := bareHub(t, newRecBroker(t), Config{SendQueue: 100})
-	const n = 1025
+	const n = 2*fanoutPart + 1
 	var in, out []*Conn
 	for i := range n {
 		c := h.bareConn("c" + strconv.Itoa(i))
@@ -503,5 +531,35 @@ func TestDeliverToMembers(t *testing.T) {
 		if got := len(c.queuedData()); got != 0 {
 			t.Fatalf("%s, not a member, got %d messages", c.id, got)
 		}
+	}
+}
+
+// One broadcast to 10,000 members of one channel, as the node's fan-out
+// does it: encoded once, split over GOMAXPROCS goroutines.
+func BenchmarkDeliver10k(b *testing.B) {
+	cfg := Config{SendQueue: 1 << 30, SendQueueBytes: 1 << 40}
+	cfg.setDefaults()
+	h := newHub(cfg, zeroLogger(), newRecBroker(b), newMetrics(prometheus.NewRegistry()))
+	defer h.cancel()
+	conns := make([]*Conn, 10000)
+	for i := range conns {
+		conns[i] = h.bareConn(fmt.Sprint("c", i))
+		if err := conns[i].subscribe("room"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	msg := pubsub.Message{Channel: "room", Data: []byte(`{"type":"chat","text":"hello"}`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Deliver(msg)
+		b.StopTimer()
+		for _, c := range conns {
+			c.mu.Lock()
+			clear(c.queue)
+			c.queue = c.queue[:0]
+			c.queued.Store(0)
+			c.mu.Unlock()
+		}
+		b.StartTimer()
 	}
 }
