@@ -212,8 +212,8 @@ func names(chans []*channel) []string {
 }
 
 // subscribe makes the Subscribe of chans, all marked busy by the caller,
-// waiting at most wait, and settles them: the calls that follow (members
-// gone meanwhile) are added to next.
+// waiting for it at most subscribeWait, and settles them: the calls that
+// follow (members gone meanwhile) are added to next.
 func (h *Hub) subscribe(ctx context.Context, chans []*channel, next *brokerOps) {
 	ctx, cancel := context.WithTimeout(ctx, h.subscribeWait())
 	err := h.broker.Subscribe(ctx, names(chans)...)
