@@ -59,7 +59,7 @@ func BenchmarkRedisFanout(b *testing.B) {
 		)
 		rss0 := nodesMetric(b, nodes, "process_resident_memory_bytes")
 		redisMem0 := redisMemory(b, rdb)
-		fleet := dialFleet(b, nodes, n, "/ws/chat?subscribe="+channel+"&events=close", func(data []byte, at time.Time) {
+		fleet := dialFleet(b, nodes, n, "/ws/chat?subscribe="+benchSubscribe(b, channel)+"&events=close", func(data []byte, at time.Time) {
 			sent, err := strconv.ParseInt(string(bytes.TrimPrefix(data, []byte("t="))), 10, 64)
 			if err != nil {
 				return
@@ -112,6 +112,8 @@ func BenchmarkRedisFanout(b *testing.B) {
 		b.ReportMetric((rss-rss0)/float64(n), "RSS-bytes/conn")
 		b.ReportMetric((redisMem-redisMem0)/float64(n), "redis-bytes/conn")
 		b.ReportMetric(float64(fleet.dialTime.Milliseconds())/1000, "s-to-connect-all")
+		b.ReportMetric(fleet.acceptMs(0.5), "accept-p50-ms")
+		b.ReportMetric(fleet.acceptMs(0.99), "accept-p99-ms")
 		b.ReportMetric(pct(0.5), "fanout-p50-ms")
 		b.ReportMetric(pct(0.99), "fanout-p99-ms")
 		b.ReportMetric(pct(1), "fanout-max-ms")
@@ -231,6 +233,29 @@ func publishRates(b *testing.B, nodes []*Cablecar, rdb *goredis.Client, n int, r
 }
 
 // --- the parts ---------------------------------------------------------------
+
+// benchSubscribe is the Cablecar-Subscribe list of a benchmark's clients:
+// channel, shared by all, then BENCH_CHANNELS-1 (default 0) channels of the
+// client's own, "{j}" standing for its number (dialFleet fills it in), as
+// an app subscribing each connection to its user's channels does. Every
+// channel of its own costs a node a subscription in the broker at accept.
+//
+//	BENCH_CHANNELS=10 make bench-redis
+func benchSubscribe(b *testing.B, channel string) string {
+	b.Helper()
+	k := 1
+	if v := os.Getenv("BENCH_CHANNELS"); v != "" {
+		var err error
+		if k, err = strconv.Atoi(v); err != nil || k < 1 || k > 100 {
+			b.Fatalf("BENCH_CHANNELS=%q: want a number from 1 to 100", v)
+		}
+	}
+	list := channel
+	for i := 1; i < k; i++ {
+		list += fmt.Sprintf(",%s-{j}-%d", channel, i)
+	}
+	return list
+}
 
 // benchConns reads a connection count from the environment variable env,
 // or returns def.
@@ -470,15 +495,27 @@ type benchFleet struct {
 	// once, by the dial that made retried 1, read after every dial ended.
 	firstRefusal string
 	dialTime     time.Duration
+	// accepts is how long each successful handshake took, sorted.
+	accepts []time.Duration
+}
+
+// acceptMs is the q-quantile of the handshakes' durations, in ms.
+func (f *benchFleet) acceptMs(q float64) float64 {
+	if len(f.accepts) == 0 {
+		return 0
+	}
+	return ms(f.accepts[int(q*float64(len(f.accepts)-1))])
 }
 
 // dialFleet opens n connections to path, client j on node j%len(nodes), 32
-// handshakes at a time, and waits until every node counts its share. Every
+// handshakes at a time, and waits until every node counts its share. A
+// "{j}" in path becomes the client's number (see benchSubscribe). Every
 // data message is handed to onMessage with the time it was read, from the
 // client's reading goroutine.
 func dialFleet(b *testing.B, nodes []*Cablecar, n int, path string, onMessage func(data []byte, at time.Time)) *benchFleet {
 	b.Helper()
-	f := &benchFleet{clients: make([]*websocket.Conn, n)}
+	f := &benchFleet{clients: make([]*websocket.Conn, n), accepts: make([]time.Duration, 0, n)}
+	var acceptsMu sync.Mutex
 	dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
 	start := time.Now()
 	var dials sync.WaitGroup
@@ -490,14 +527,19 @@ func dialFleet(b *testing.B, nodes []*Cablecar, n int, path string, onMessage fu
 		go func() {
 			defer dials.Done()
 			defer func() { <-sem }()
-			url := wsURL(nodes[j%len(nodes)].URL) + path
+			url := wsURL(nodes[j%len(nodes)].URL) + strings.ReplaceAll(path, "{j}", strconv.Itoa(j))
 			// A refused handshake is tried again, twice: on a shared
 			// machine Puma can stall past callback.timeout, and the
 			// fan-out, not the accept, is measured here.
 			var ws *websocket.Conn
 			for attempt := 0; ; attempt++ {
+				began := time.Now()
 				conn, resp, err := dialer.Dial(url, http.Header{})
 				if err == nil {
+					took := time.Since(began)
+					acceptsMu.Lock()
+					f.accepts = append(f.accepts, took)
+					acceptsMu.Unlock()
 					ws = conn
 					break
 				}
@@ -534,6 +576,7 @@ func dialFleet(b *testing.B, nodes []*Cablecar, n int, path string, onMessage fu
 		b.Fatalf("dial: %v", err)
 	}
 	f.dialTime = time.Since(start)
+	slices.Sort(f.accepts)
 	if r := f.retried.Load(); r > 0 {
 		b.Logf("%d of %d handshakes were refused at first and tried again; the first: %s", r, n, f.firstRefusal)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ import (
 //
 //	make bench-ws                                  # 5,000 connections
 //	BENCH_WS_CONNS=10000 make bench-ws
+//	BENCH_CHANNELS=10 make bench-ws                # 10 channels per accept (benchSubscribe)
 //
 // The client side runs in this process; it stays well under the machine's
 // 20,000 open files per process.
@@ -46,10 +48,11 @@ func BenchmarkWSConnections(b *testing.B) {
 			latencies = make([]time.Duration, 0, n*publishes)
 			received  atomic.Int64
 			clients   = make([]*websocket.Conn, n)
+			accepts   = make([]time.Duration, n)
 			readers   sync.WaitGroup
 		)
 		dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
-		url := "ws" + c.URL[len("http"):] + "/ws/chat?subscribe=bench&events=close"
+		url := "ws" + c.URL[len("http"):] + "/ws/chat?subscribe=" + benchSubscribe(b, "bench") + "&events=close"
 		start := time.Now()
 		var dials sync.WaitGroup
 		errs := make(chan error, n)
@@ -60,11 +63,13 @@ func BenchmarkWSConnections(b *testing.B) {
 			go func() {
 				defer dials.Done()
 				defer func() { <-sem }()
-				ws, _, err := dialer.Dial(url, http.Header{})
+				began := time.Now()
+				ws, _, err := dialer.Dial(strings.ReplaceAll(url, "{j}", strconv.Itoa(j)), http.Header{})
 				if err != nil {
 					errs <- err
 					return
 				}
+				accepts[j] = time.Since(began)
 				clients[j] = ws
 				readers.Add(1)
 				go func() {
@@ -116,6 +121,9 @@ func BenchmarkWSConnections(b *testing.B) {
 		b.ReportMetric((rss-runtime0)/float64(n), "RSS-bytes/conn")
 		b.ReportMetric((goroutines-goroutines0)/float64(n), "goroutines/conn")
 		b.ReportMetric(float64(dialTime.Milliseconds())/1000, "s-to-connect-all")
+		slices.Sort(accepts)
+		b.ReportMetric(ms(accepts[n/2]), "accept-p50-ms")
+		b.ReportMetric(ms(accepts[int(0.99*float64(n-1))]), "accept-p99-ms")
 		b.ReportMetric(pct(0.5), "fanout-p50-ms")
 		b.ReportMetric(pct(0.99), "fanout-p99-ms")
 		b.ReportMetric(pct(1), "fanout-max-ms")

@@ -22,8 +22,8 @@ var (
 // while the Sink runs, so the Sink may call back into the broker.
 type Memory struct {
 	mu      sync.RWMutex
-	sink    Sink           // set by Start, dropped by Close
-	counts  map[string]int // channel → subscribers on this node; absent when 0
+	sink    Sink                // set by Start, dropped by Close
+	subs    map[string]struct{} // the channels the node is subscribed to
 	started bool
 	closed  bool
 }
@@ -32,7 +32,7 @@ var _ Broker = (*Memory)(nil)
 
 // NewMemory returns a broker for one node. Call Start before anything else.
 func NewMemory() *Memory {
-	return &Memory{counts: make(map[string]int)}
+	return &Memory{subs: make(map[string]struct{})}
 }
 
 // Start makes sink the target of every delivery. It may be called once.
@@ -63,37 +63,36 @@ func (m *Memory) usable() error {
 	return nil
 }
 
-// Subscribe adds one subscriber to channel. Nothing here blocks, so ctx is
-// not consulted: a cancelled caller still gets a consistent count.
-func (m *Memory) Subscribe(_ context.Context, channel string) error {
-	if err := ValidateChannel(channel); err != nil {
-		return err
+// Subscribe subscribes the node to channels. Nothing here blocks, so ctx
+// is not consulted. Every name is checked first: a call with one bad name
+// subscribes none.
+func (m *Memory) Subscribe(_ context.Context, channels ...string) error {
+	for _, ch := range channels {
+		if err := ValidateChannel(ch); err != nil {
+			return err
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.usable(); err != nil {
 		return err
 	}
-	m.counts[channel]++
+	for _, ch := range channels {
+		m.subs[ch] = struct{}{}
+	}
 	return nil
 }
 
-// Unsubscribe removes one subscriber from channel. Removing one that is not
-// there does nothing: connection cleanup may race with a reply that already
-// unsubscribed it, and a count must never go below zero.
-func (m *Memory) Unsubscribe(_ context.Context, channel string) error {
+// Unsubscribe ends the node's subscription to channels; one it does not
+// hold is no error.
+func (m *Memory) Unsubscribe(_ context.Context, channels ...string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.usable(); err != nil {
 		return err
 	}
-	switch n := m.counts[channel]; {
-	case n > 1:
-		m.counts[channel] = n - 1
-	case n == 1:
-		// Deleting keeps the map the size of the live channels, not of every
-		// channel ever seen.
-		delete(m.counts, channel)
+	for _, ch := range channels {
+		delete(m.subs, ch)
 	}
 	return nil
 }
@@ -113,7 +112,8 @@ func (m *Memory) Publish(_ context.Context, msgs ...Message) error {
 		// and a slow sink does not stall other publishers' subscribes.
 		m.mu.RLock()
 		err := m.usable()
-		sink, subscribed := m.sink, m.counts[msgs[i].Channel] > 0
+		_, subscribed := m.subs[msgs[i].Channel]
+		sink := m.sink
 		m.mu.RUnlock()
 		if err != nil {
 			return err
@@ -159,6 +159,6 @@ func (m *Memory) Close() error {
 	defer m.mu.Unlock()
 	m.closed = true
 	m.sink = nil
-	clear(m.counts)
+	clear(m.subs)
 	return nil
 }

@@ -54,17 +54,32 @@ type Sink interface {
 
 // Broker moves messages and commands between nodes.
 //
-// Subscriptions are reference-counted: Subscribe and Unsubscribe are called
-// once per connection joining or leaving a channel, and the node stays
-// subscribed while the count is above zero. Subscribe returns only once the
-// subscription is in effect, so a message published after it returns is
-// delivered.
+// A broker is a pipe, not a registry of subscribers: it knows which
+// channels this node is subscribed to, never who on the node is. The hub
+// (upgrade) counts each channel's local subscribers and calls Subscribe
+// when a channel gets its first one and Unsubscribe when it loses its last.
+// Both take any number of channels, so that an accept with ten channels
+// costs one round trip to the broker, not ten.
+//
+// Calls for one channel never overlap: the caller orders them (the hub has
+// at most one in flight per channel). Calls for different channels may run
+// at the same time, and a broker makes none of them wait for another's
+// round trip.
 type Broker interface {
 	// Start begins delivering to sink. It is called once, before any other
 	// method.
 	Start(ctx context.Context, sink Sink) error
-	Subscribe(ctx context.Context, channel string) error
-	Unsubscribe(ctx context.Context, channel string) error
+	// Subscribe subscribes the node to every channel and returns once all
+	// of them are in effect, so that a message published after it returns
+	// is delivered. A channel the node is subscribed to already stays so
+	// (subscriptions are not counted). After an error some of the channels
+	// may be subscribed, or become so later (a broker that is reconnecting
+	// takes them when it is back): the caller tries again, or unsubscribes.
+	Subscribe(ctx context.Context, channels ...string) error
+	// Unsubscribe ends the node's subscription to every channel and returns
+	// once nothing more published to them is delivered. A channel the node
+	// is not subscribed to is no error.
+	Unsubscribe(ctx context.Context, channels ...string) error
 	// Publish sends every message, in order, to every node subscribed to
 	// its channel (this one included).
 	Publish(ctx context.Context, msgs ...Message) error

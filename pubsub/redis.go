@@ -48,9 +48,16 @@ type RedisConfig struct {
 // app, or a publish on any node, reaches every node with subscribers.
 //
 // A node holds one subscriber connection (one per shard on a cluster), not
-// one per channel, and subscribes only to channels it has local
-// subscribers for. go-redis reconnects and resubscribes after an outage;
-// Ready reports the outage meanwhile.
+// one per channel; the hub subscribes it only to channels it has local
+// subscribers for (Broker). go-redis reconnects and resubscribes after an
+// outage; Ready reports the outage meanwhile.
+//
+// Subscribe and Unsubscribe send their command and then wait for Redis's
+// confirmations, which arrive on the subscriber connection after whatever
+// was published to those channels before Redis took the command: so once
+// Subscribe returns, what is published is delivered, and once Unsubscribe
+// returns, nothing more is. No lock is held while they wait or send, so a
+// slow shard holds up only the calls that need it.
 type Redis struct {
 	cfg     RedisConfig
 	log     zerolog.Logger
@@ -64,10 +71,12 @@ type Redis struct {
 	nodeChannel string
 	sink        Sink
 
-	opMu    sync.Mutex               // orders subscription changes with the commands that make them
-	mu      sync.RWMutex             // guards chans and confirm
-	chans   map[string]*chanState    // by channel name (not the Redis name)
-	confirm map[string]chan struct{} // Redis channel → closed when Redis confirms it
+	mu sync.Mutex // guards joining and leaving, never held across a call to Redis
+	// joining: Redis channel → closed when Redis confirms its subscription
+	// (also the renewals after a reconnect); leaving: closed when Redis
+	// confirms its unsubscription, or the connection holding it is lost.
+	joining map[string]chan struct{}
+	leaving map[string]chan struct{}
 
 	connected atomic.Bool
 	lastErr   atomic.Pointer[string]
@@ -79,16 +88,11 @@ type Redis struct {
 	wg      sync.WaitGroup
 }
 
-// chanState is one channel this node is subscribed to.
-type chanState struct {
-	refs  int
-	ready chan struct{} // closed once Redis confirmed the subscription
-}
-
 // handler is what a subscriber reports to.
 type handler interface {
 	received(channel string, payload []byte)
 	subscribed(channel string)
+	unsubscribed(channel string)
 	alive()
 	setDown(err error)
 }
@@ -99,8 +103,10 @@ type subscriber interface {
 	// run receives until ctx ends, reconnecting and resubscribing.
 	run(ctx context.Context, h handler)
 	// subscribe sends the subscription; the confirmation comes through
-	// handler.subscribed.
+	// handler.subscribed. A channel subscribed already is confirmed again.
 	subscribe(ctx context.Context, channels ...string) error
+	// unsubscribe sends the unsubscription; the confirmation comes through
+	// handler.unsubscribed, for channels not subscribed too.
 	unsubscribe(ctx context.Context, channels ...string) error
 	ping(ctx context.Context) error
 	close()
@@ -135,11 +141,11 @@ func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*
 		cluster:     cluster,
 		metrics:     newRedisMetrics(reg),
 		nodeChannel: cfg.Prefix + nodeInfix + cfg.Node,
-		chans:       map[string]*chanState{},
-		confirm:     map[string]chan struct{}{},
+		joining:     map[string]chan struct{}{},
+		leaving:     map[string]chan struct{}{},
 	}
 	if cluster {
-		r.sub = newShardedSubscriber(subRdb.(*redis.ClusterClient), r.log)
+		r.sub = newShardedSubscriber(subRdb.(*redis.ClusterClient), r.log, r)
 	} else {
 		r.sub = newPlainSubscriber(subRdb)
 	}
@@ -256,10 +262,7 @@ func (r *Redis) Start(ctx context.Context, sink Sink) error {
 	go func() { defer r.wg.Done(); r.watch(runCtx) }()
 
 	// The node channel is subscribed for as long as the node lives.
-	r.mu.Lock()
-	st := &chanState{refs: 1, ready: make(chan struct{})}
-	r.confirm[r.nodeChannel] = st.ready
-	r.mu.Unlock()
+	ready := r.awaitJoins(r.nodeChannel)[0]
 	if err := r.sub.subscribe(runCtx, r.nodeChannel); err != nil {
 		r.log.Warn().Err(err).Msg("Redis is not reachable yet; retrying in the background")
 		return nil
@@ -267,7 +270,7 @@ func (r *Redis) Start(ctx context.Context, sink Sink) error {
 	wait, cancelWait := context.WithTimeout(ctx, 2*time.Second)
 	defer cancelWait()
 	select {
-	case <-st.ready:
+	case <-ready:
 	case <-wait.Done():
 		r.log.Warn().Msg("Redis has not confirmed this node's subscription yet; retrying in the background")
 	}
@@ -284,76 +287,124 @@ func (r *Redis) usable() error {
 	return nil
 }
 
-// Subscribe adds a local subscriber to channel; the first one subscribes
-// the node in Redis, and every caller returns only once Redis confirmed.
-func (r *Redis) Subscribe(ctx context.Context, channel string) error {
-	if err := ValidateChannel(channel); err != nil {
-		return err
+// redisNames are the Redis channels of channels: each one's verbatim
+// channel and then its envelope channel.
+func (r *Redis) redisNames(channels []string) []string {
+	names := make([]string, 0, 2*len(channels))
+	for _, ch := range channels {
+		names = append(names, r.cfg.Prefix+ch, envelopeName(r.cfg.Prefix, ch))
 	}
-	if err := r.usable(); err != nil {
-		return err
-	}
-	verbatim, enveloped := r.cfg.Prefix+channel, envelopeName(r.cfg.Prefix, channel)
-	r.opMu.Lock()
-	r.mu.Lock()
-	st := r.chans[channel]
-	first := st == nil
-	if first {
-		st = &chanState{ready: make(chan struct{})}
-		r.chans[channel] = st
-		// The envelope channel is confirmed second (Redis answers in
-		// order), so its confirmation means both are in effect.
-		r.confirm[enveloped] = st.ready
-	}
-	st.refs++
-	r.mu.Unlock()
-	var err error
-	if first {
-		err = r.sub.subscribe(ctx, verbatim, enveloped)
-	}
-	r.opMu.Unlock()
-	if err == nil {
-		select {
-		case <-st.ready:
-			return nil
-		case <-ctx.Done():
-			err = fmt.Errorf("Redis did not confirm the subscription to %q: %w", channel, ctx.Err())
-		}
-	}
-	// Undo this subscriber's share; if it was the only one, the node
-	// unsubscribes again.
-	uctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = r.Unsubscribe(uctx, channel)
-	return err
+	return names
 }
 
-// Unsubscribe removes a local subscriber; the last one unsubscribes the
-// node in Redis.
-func (r *Redis) Unsubscribe(ctx context.Context, channel string) error {
+// awaitJoins returns what closes once Redis confirmed each name's
+// subscription. A name already awaited shares the earlier wait: Redis
+// confirms every SUBSCRIBE, a repeated one too.
+func (r *Redis) awaitJoins(names ...string) []chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	waits := make([]chan struct{}, len(names))
+	for i, n := range names {
+		w := r.joining[n]
+		if w == nil {
+			w = make(chan struct{})
+			r.joining[n] = w
+		}
+		waits[i] = w
+	}
+	return waits
+}
+
+// Subscribe subscribes the node to channels in one command (one per slot on
+// a cluster, sent to the shards at once) and waits for Redis to confirm
+// them all.
+func (r *Redis) Subscribe(ctx context.Context, channels ...string) error {
+	for _, ch := range channels {
+		if err := ValidateChannel(ch); err != nil {
+			return err
+		}
+	}
 	if err := r.usable(); err != nil {
 		return err
 	}
-	verbatim, enveloped := r.cfg.Prefix+channel, envelopeName(r.cfg.Prefix, channel)
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
-	r.mu.Lock()
-	st := r.chans[channel]
-	if st == nil {
-		r.mu.Unlock()
+	if len(channels) == 0 {
 		return nil
 	}
-	st.refs--
-	last := st.refs <= 0
-	if last {
-		delete(r.chans, channel)
-		delete(r.confirm, enveloped)
+	names := r.redisNames(channels)
+	waits := r.awaitJoins(names...)
+	// On an error the waits stay: the subscriber renews what it was asked
+	// for once it is connected again, and the confirmation then ends the
+	// wait of the caller's next try.
+	if err := r.sub.subscribe(ctx, names...); err != nil {
+		return fmt.Errorf("subscribing in Redis: %w", err)
+	}
+	for i, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return fmt.Errorf("Redis did not confirm the subscription to %q: %w", names[i], ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Unsubscribe ends the node's subscription to channels in one command (per
+// slot on a cluster) and waits for Redis to confirm it, so that nothing
+// that crossed the command on the wire arrives after it returns.
+func (r *Redis) Unsubscribe(ctx context.Context, channels ...string) error {
+	for _, ch := range channels {
+		if err := ValidateChannel(ch); err != nil {
+			return err
+		}
+	}
+	if err := r.usable(); err != nil {
+		return err
+	}
+	if len(channels) == 0 {
+		return nil
+	}
+	names := r.redisNames(channels)
+	r.mu.Lock()
+	waits := make([]chan struct{}, len(names))
+	for i, n := range names {
+		// A subscription never confirmed is not waited for any more: its
+		// caller gave up on it.
+		delete(r.joining, n)
+		w := r.leaving[n]
+		if w == nil {
+			w = make(chan struct{})
+			r.leaving[n] = w
+		}
+		waits[i] = w
 	}
 	r.mu.Unlock()
-	if !last {
-		return nil
+	if err := r.sub.unsubscribe(ctx, names...); err != nil {
+		// The subscriber forgot the channels before sending: it will not
+		// renew them, and the connection that held them is broken.
+		r.releaseLeaving(names...)
+		return fmt.Errorf("unsubscribing in Redis: %w", err)
 	}
-	return r.sub.unsubscribe(ctx, verbatim, enveloped)
+	for i, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			r.releaseLeaving(names...)
+			return fmt.Errorf("Redis did not confirm the unsubscription from %q: %w", names[i], ctx.Err())
+		}
+	}
+	return nil
+}
+
+// releaseLeaving ends the waits for the unsubscription of names.
+func (r *Redis) releaseLeaving(names ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range names {
+		if w := r.leaving[n]; w != nil {
+			close(w)
+			delete(r.leaving, n)
+		}
+	}
 }
 
 // Publish sends every message in one round trip: plain text without an
@@ -488,39 +539,29 @@ func (r *Redis) received(channel string, payload []byte) {
 		}
 		m.Channel = inner
 		r.metrics.receivedEnvelope.Inc()
-		if r.subscribedTo(inner) {
-			r.sink.Deliver(m)
-		}
+		r.sink.Deliver(m)
 	default:
 		r.metrics.receivedVerbatim.Inc()
-		if r.subscribedTo(rest) {
-			r.sink.Deliver(Message{Channel: rest, Data: payload})
-		}
+		r.sink.Deliver(Message{Channel: rest, Data: payload})
 	}
 }
 
-// subscribedTo reports whether the node still has subscribers for
-// channel. Redis may deliver a message that crossed our UNSUBSCRIBE on
-// the wire; it is dropped here, so that after Unsubscribe returns nothing
-// more arrives, as with the memory broker.
-func (r *Redis) subscribedTo(channel string) bool {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.chans[channel] != nil
-}
-
 // subscribed is the subscriber's callback for every confirmation,
-// including those of the resubscription after a reconnect.
+// including those of the renewals after a reconnect.
 func (r *Redis) subscribed(channel string) {
 	r.alive()
 	r.mu.Lock()
-	ready := r.confirm[channel]
-	delete(r.confirm, channel)
+	ready := r.joining[channel]
+	delete(r.joining, channel)
 	r.mu.Unlock()
 	if ready != nil {
 		close(ready)
 	}
 }
+
+// unsubscribed is the subscriber's callback for every confirmation of an
+// unsubscription.
+func (r *Redis) unsubscribed(channel string) { r.releaseLeaving(channel) }
 
 // alive records that the subscriber connection works.
 func (r *Redis) alive() {
@@ -537,6 +578,17 @@ func (r *Redis) alive() {
 func (r *Redis) setDown(err error) {
 	msg := err.Error()
 	r.lastErr.Store(&msg)
+	// A lost connection takes its subscriptions with it, and no
+	// confirmation of an unsubscription will come: their waits end.
+	// (On a cluster this ends the waits on every shard, not only the lost
+	// one's; a message that crossed one of those is then still delivered,
+	// and the hub drops it, having no subscriber for it.)
+	r.mu.Lock()
+	for n, w := range r.leaving {
+		close(w)
+		delete(r.leaving, n)
+	}
+	r.mu.Unlock()
 	// Only the fall from connected counts: the first connection attempts
 	// at start-up are not an outage.
 	if r.connected.CompareAndSwap(true, false) {

@@ -36,8 +36,11 @@ func (p *plainSubscriber) run(ctx context.Context, h handler) {
 		case *redis.Message:
 			h.received(m.Channel, []byte(m.Payload))
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			switch m.Kind {
+			case "subscribe":
 				h.subscribed(m.Channel)
+			case "unsubscribe":
+				h.unsubscribed(m.Channel)
 			}
 		case *redis.Pong:
 			h.alive()
@@ -45,10 +48,14 @@ func (p *plainSubscriber) run(ctx context.Context, h handler) {
 	}
 }
 
+// subscribe sends one SUBSCRIBE for every channel. go-redis notes them
+// first, so one that fails now is renewed on the next reconnection.
 func (p *plainSubscriber) subscribe(ctx context.Context, channels ...string) error {
 	return p.ps.Subscribe(ctx, channels...)
 }
 
+// unsubscribe sends one UNSUBSCRIBE for every channel. go-redis forgets
+// them first, so one that fails now is not renewed.
 func (p *plainSubscriber) unsubscribe(ctx context.Context, channels ...string) error {
 	return p.ps.Unsubscribe(ctx, channels...)
 }

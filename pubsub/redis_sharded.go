@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -11,22 +12,25 @@ import (
 )
 
 // shardedSubscriber holds one connection per cluster master that owns the
-// slot of a subscribed channel, with one SSUBSCRIBE per channel (Redis
-// refuses one command over channels of different slots).
+// slot of a subscribed channel. A batch of channels is split by slot (Redis
+// refuses one command over channels of different slots: a channel's
+// verbatim and envelope names share one) and by shard, and every shard is
+// sent its commands at the same time, so a slow shard delays only the
+// channels it owns.
 //
 // go-redis would reconnect a broken PubSub and resubscribe all its
 // channels in one SSUBSCRIBE, which a cluster refuses (CROSSSLOT). So a
 // shard connection is never reused after an error: it is closed, and its
-// channels are subscribed again, one by one, on whichever master owns
-// their slot by then. The same happens to a channel whose slot moved
+// channels are subscribed again on whichever master owns their slot by
+// then. The same happens to a channel whose slot moved
 // (Redis tells its subscribers with an unrequested sunsubscribe).
 type shardedSubscriber struct {
 	cc  *redis.ClusterClient
 	log zerolog.Logger
+	h   handler
 
 	mu      sync.Mutex
 	ctx     context.Context
-	h       handler
 	shards  map[string]*shardConn // by master address
 	owner   map[string]*shardConn // channel → the shard it is subscribed on
 	want    map[string]bool       // channels that should be subscribed
@@ -40,10 +44,11 @@ type shardConn struct {
 	dead bool // guarded by shardedSubscriber.mu
 }
 
-func newShardedSubscriber(cc *redis.ClusterClient, log zerolog.Logger) *shardedSubscriber {
+func newShardedSubscriber(cc *redis.ClusterClient, log zerolog.Logger, h handler) *shardedSubscriber {
 	return &shardedSubscriber{
 		cc:      cc,
 		log:     log,
+		h:       h,
 		shards:  map[string]*shardConn{},
 		owner:   map[string]*shardConn{},
 		want:    map[string]bool{},
@@ -54,10 +59,11 @@ func newShardedSubscriber(cc *redis.ClusterClient, log zerolog.Logger) *shardedS
 
 // run resubscribes orphaned channels until ctx ends; each shard's
 // receiving runs in a goroutine of its own.
-func (s *shardedSubscriber) run(ctx context.Context, h handler) {
+func (s *shardedSubscriber) run(ctx context.Context, _ handler) {
 	s.mu.Lock()
-	s.ctx, s.h = ctx, h
+	s.ctx = ctx
 	s.mu.Unlock()
+	h := s.h
 	fails := 0
 	for {
 		select {
@@ -88,80 +94,188 @@ func (s *shardedSubscriber) run(ctx context.Context, h handler) {
 	}
 }
 
+// subscribe sends the SSUBSCRIBEs for channels, each shard's at the same
+// time. A channel that cannot be sent now is left to the resubscriber.
 func (s *shardedSubscriber) subscribe(ctx context.Context, channels ...string) error {
-	var firstErr error
-	for _, ch := range channels {
-		if err := s.subscribeOne(ctx, ch); err != nil {
-			s.mu.Lock()
-			if s.want[ch] {
-				s.orphans[ch] = true
+	bySlot := groupBySlot(channels)
+	// The shard of each slot, from the cluster state go-redis keeps (it
+	// asks the cluster only when it has none).
+	masters := map[string]*redis.Client{}
+	slotsOf := map[string][][]string{}
+	var errs []error
+	for _, names := range bySlot {
+		master, err := s.cc.MasterForKey(ctx, names[0])
+		if err != nil {
+			s.orphan(names)
+			errs = append(errs, fmt.Errorf("finding the shard of %q: %w", names[0], err))
+			continue
+		}
+		addr := master.Options().Addr
+		masters[addr] = master
+		slotsOf[addr] = append(slotsOf[addr], names)
+	}
+	// Each slot goes to the connection that holds its channels already, so
+	// that a channel is never subscribed on two shards, or else to its
+	// shard's connection, made if needed.
+	var sends []shardSend
+	byConn := map[*shardConn]int{}
+	s.mu.Lock()
+	for addr, slots := range slotsOf {
+		for _, names := range slots {
+			for _, ch := range names {
+				s.want[ch] = true
 			}
-			s.mu.Unlock()
-			if firstErr == nil {
-				firstErr = err
+			sc := s.owner[names[0]]
+			if sc == nil || sc.dead {
+				sc = s.shards[addr]
+				if sc == nil || sc.dead {
+					sc = &shardConn{addr: addr, ps: masters[addr].Subscribe(context.Background())}
+					s.shards[addr] = sc
+					go s.receive(sc)
+				}
 			}
+			for _, ch := range names {
+				s.owner[ch] = sc
+				delete(s.orphans, ch)
+			}
+			i, ok := byConn[sc]
+			if !ok {
+				i = len(sends)
+				byConn[sc] = i
+				sends = append(sends, shardSend{sc: sc})
+			}
+			sends[i].slots = append(sends[i].slots, names)
 		}
 	}
-	if firstErr != nil {
-		s.wake()
-	}
-	return firstErr
-}
-
-func (s *shardedSubscriber) subscribeOne(ctx context.Context, ch string) error {
-	master, err := s.cc.MasterForKey(ctx, ch)
-	if err != nil {
-		return fmt.Errorf("finding the shard of %q: %w", ch, err)
-	}
-	addr := master.Options().Addr
-	s.mu.Lock()
-	s.want[ch] = true
-	if old := s.owner[ch]; old != nil && !old.dead {
-		s.mu.Unlock()
-		return nil
-	}
-	sc := s.shards[addr]
-	if sc == nil || sc.dead {
-		sc = &shardConn{addr: addr, ps: master.Subscribe(context.Background())}
-		s.shards[addr] = sc
-		go s.receive(sc)
-	}
-	s.owner[ch] = sc
-	delete(s.orphans, ch)
 	s.mu.Unlock()
-	if err := sc.ps.SSubscribe(ctx, ch); err != nil {
-		s.fail(sc, err)
-		return fmt.Errorf("SSUBSCRIBE %q on %s: %w", ch, addr, err)
+	errs = append(errs, s.send(sends, func(sc *shardConn, names []string) error {
+		if err := sc.ps.SSubscribe(ctx, names...); err != nil {
+			s.fail(sc, err)
+			return fmt.Errorf("SSUBSCRIBE %q on %s: %w", names[0], sc.addr, err)
+		}
+		return nil
+	})...)
+	if len(errs) > 0 {
+		s.wake()
+		return errors.Join(errs...)
 	}
 	return nil
 }
 
+// orphan leaves wanted channels to the resubscriber.
+func (s *shardedSubscriber) orphan(names []string) {
+	s.mu.Lock()
+	for _, ch := range names {
+		s.want[ch] = true
+		s.orphans[ch] = true
+	}
+	s.mu.Unlock()
+}
+
+// unsubscribe sends the SUNSUBSCRIBEs for channels to the shards holding
+// them, at the same time. A channel no live connection holds is confirmed
+// at once: its subscription went with its connection.
 func (s *shardedSubscriber) unsubscribe(ctx context.Context, channels ...string) error {
-	var firstErr error
-	for _, ch := range channels {
-		s.mu.Lock()
-		delete(s.want, ch)
-		delete(s.orphans, ch)
-		sc := s.owner[ch]
-		delete(s.owner, ch)
+	var (
+		sends []shardSend
+		gone  []string
+	)
+	byConn := map[*shardConn]int{}
+	s.mu.Lock()
+	for _, names := range groupBySlot(channels) {
+		var sc *shardConn
+		for _, ch := range names {
+			delete(s.want, ch)
+			delete(s.orphans, ch)
+			if o := s.owner[ch]; o != nil && !o.dead {
+				sc = o
+			}
+			delete(s.owner, ch)
+		}
 		// dead is read under the lock that fail and close write it under.
-		live := sc != nil && !sc.dead
-		s.mu.Unlock()
-		if !live {
+		if sc == nil {
+			gone = append(gone, names...)
 			continue
 		}
-		if err := sc.ps.SUnsubscribe(ctx, ch); err != nil && firstErr == nil {
-			firstErr = err
+		i, ok := byConn[sc]
+		if !ok {
+			i = len(sends)
+			byConn[sc] = i
+			sends = append(sends, shardSend{sc: sc})
 		}
+		sends[i].slots = append(sends[i].slots, names)
 	}
-	return firstErr
+	s.mu.Unlock()
+	for _, ch := range gone {
+		s.h.unsubscribed(ch)
+	}
+	return errors.Join(s.send(sends, func(sc *shardConn, names []string) error {
+		if err := sc.ps.SUnsubscribe(ctx, names...); err != nil {
+			// The connection is broken: its subscriptions are gone.
+			for _, ch := range names {
+				s.h.unsubscribed(ch)
+			}
+			return fmt.Errorf("SUNSUBSCRIBE %q on %s: %w", names[0], sc.addr, err)
+		}
+		return nil
+	})...)
+}
+
+// shardSend is the commands for one shard connection, one per slot.
+type shardSend struct {
+	sc    *shardConn
+	slots [][]string
+}
+
+// send runs each shard's commands, in a goroutine per shard when there are
+// several, and returns their errors.
+func (s *shardedSubscriber) send(sends []shardSend, cmd func(*shardConn, []string) error) []error {
+	one := func(ss shardSend) error {
+		for _, names := range ss.slots {
+			if err := cmd(ss.sc, names); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(sends) == 1 {
+		if err := one(sends[0]); err != nil {
+			return []error{err}
+		}
+		return nil
+	}
+	errs := make([]error, len(sends))
+	var wg sync.WaitGroup
+	for i := range sends {
+		wg.Go(func() { errs[i] = one(sends[i]) })
+	}
+	wg.Wait()
+	return slices.DeleteFunc(errs, func(err error) bool { return err == nil })
+}
+
+// groupBySlot splits channel names by hash slot, in their first order.
+func groupBySlot(names []string) [][]string {
+	var groups [][]string
+	index := map[uint16]int{}
+	for _, n := range names {
+		slot := keySlot(n)
+		i, ok := index[slot]
+		if !ok {
+			i = len(groups)
+			index[slot] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], n)
+	}
+	return groups
 }
 
 // receive reads one shard's connection until it fails.
 func (s *shardedSubscriber) receive(sc *shardConn) {
 	s.mu.Lock()
-	ctx, h := s.ctx, s.h
+	ctx := s.ctx
 	s.mu.Unlock()
+	h := s.h
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -181,6 +295,7 @@ func (s *shardedSubscriber) receive(sc *shardConn) {
 			case "ssubscribe":
 				h.subscribed(m.Channel)
 			case "sunsubscribe":
+				h.unsubscribed(m.Channel)
 				s.moved(sc, m.Channel)
 			}
 		}
@@ -217,12 +332,9 @@ func (s *shardedSubscriber) fail(sc *shardConn, err error) {
 			s.orphans[ch] = true
 		}
 	}
-	h := s.h
 	s.mu.Unlock()
 	_ = sc.ps.Close()
-	if h != nil {
-		h.setDown(fmt.Errorf("shard %s: %w", sc.addr, err))
-	}
+	s.h.setDown(fmt.Errorf("shard %s: %w", sc.addr, err))
 	s.wake()
 }
 
@@ -241,7 +353,7 @@ func (s *shardedSubscriber) ping(ctx context.Context) error {
 	for _, sc := range s.shards {
 		shards = append(shards, sc)
 	}
-	orphans, h := len(s.orphans), s.h
+	orphans := len(s.orphans)
 	s.mu.Unlock()
 	for _, sc := range shards {
 		if err := sc.ps.Ping(ctx); err != nil {
@@ -257,9 +369,7 @@ func (s *shardedSubscriber) ping(ctx context.Context) error {
 			return err
 		}
 	}
-	if h != nil {
-		h.alive()
-	}
+	s.h.alive()
 	return nil
 }
 

@@ -21,7 +21,7 @@ func TestShardedUnsubscribeWhileShardFails(t *testing.T) {
 	t.Cleanup(func() { cc.Close() })
 	plain := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
 	t.Cleanup(func() { plain.Close() })
-	s := newShardedSubscriber(cc, zerolog.Nop())
+	s := newShardedSubscriber(cc, zerolog.Nop(), nopHandler{})
 	for range 200 {
 		sc := &shardConn{addr: "127.0.0.1:1", ps: plain.Subscribe(context.Background())}
 		s.mu.Lock()
@@ -34,5 +34,40 @@ func TestShardedUnsubscribeWhileShardFails(t *testing.T) {
 		go func() { defer wg.Done(); s.fail(sc, errors.New("shard went away")) }()
 		go func() { defer wg.Done(); _ = s.unsubscribe(context.Background(), "ch") }()
 		wg.Wait()
+	}
+}
+
+// nopHandler is a subscriber's handler that wants nothing.
+type nopHandler struct{}
+
+func (nopHandler) received(string, []byte) {}
+func (nopHandler) subscribed(string)       {}
+func (nopHandler) unsubscribed(string)     {}
+func (nopHandler) alive()                  {}
+func (nopHandler) setDown(error)           {}
+
+// keySlot agrees with CLUSTER KEYSLOT (values from redis-server 7), hash
+// tags included, and a channel's verbatim and envelope names share a slot.
+func TestKeySlot(t *testing.T) {
+	for key, want := range map[string]uint16{
+		"foo":                  12182,
+		"somekey":              11058,
+		"{foo}bar":             12182,
+		"x{foo}":               12182,
+		"{user1000}.following": 3443,
+		"{}foo":                keySlot("{}foo"), // an empty tag: the whole name
+		"":                     0,
+	} {
+		if got := keySlot(key); got != want {
+			t.Errorf("keySlot(%q) = %d, want %d", key, got, want)
+		}
+	}
+	if keySlot("{}foo") == keySlot("foo") {
+		t.Error("an empty hash tag was taken as the tag")
+	}
+	for _, ch := range []string{"room:1", "a", "user@x/y=+.-_"} {
+		if v, e := keySlot("cablecar:"+ch), keySlot(envelopeName("cablecar:", ch)); v != e {
+			t.Errorf("%q: verbatim slot %d, envelope slot %d", ch, v, e)
+		}
 	}
 }

@@ -99,8 +99,9 @@ func startBroker(t testing.TB, url, node string) (*pubsub.Redis, *recSink) {
 }
 
 // An app's PUBLISH reaches subscribers verbatim, and the channels a node
-// holds in Redis are exactly those it has subscribers for.
-func TestRedisVerbatimAndRefcount(t *testing.T) {
+// holds in Redis are exactly those it was subscribed to: once however often
+// (the hub counts subscribers, not the broker), until one Unsubscribe.
+func TestRedisVerbatimAndSubscriptions(t *testing.T) {
 	s := startRedisServer(t)
 	url := "redis://" + s.Addr
 	b, got := startBroker(t, url, pubsub.NewNodeID())
@@ -129,12 +130,13 @@ func TestRedisVerbatimAndRefcount(t *testing.T) {
 		t.Fatalf("got %q %d bytes binary=%v except=%q", m.Channel, len(m.Data), m.Binary, m.Except)
 	}
 
-	b.Unsubscribe(ctx, "room:1")
-	if c := chans(); len(c) != 1 {
-		t.Fatalf("after one of two unsubscribes PUBSUB CHANNELS = %v", c)
+	if err := b.Unsubscribe(ctx, "room:1"); err != nil {
+		t.Fatal(err)
 	}
-	b.Unsubscribe(ctx, "room:1")
-	waitUntil(t, "the node to leave the channel in Redis", func() bool { return len(chans()) == 0 })
+	// Unsubscribe returns once Redis confirmed it.
+	if c := chans(); len(c) != 0 {
+		t.Fatalf("after Unsubscribe PUBSUB CHANNELS = %v", c)
+	}
 }
 
 // Commands for a connection on another node travel over Redis; one for a
@@ -322,4 +324,47 @@ func TestRedisClientNameFromURL(t *testing.T) {
 		list, _ := admin.ClientList(context.Background()).Result()
 		return strings.Contains(list, " name=shop:"+node+":publish ")
 	})
+}
+
+// An accept with ten channels costs the node one SUBSCRIBE in Redis, not
+// ten, and leaving them one UNSUBSCRIBE.
+func TestRedisBatchIsOneCommand(t *testing.T) {
+	s := startRedisServer(t)
+	b, _ := startBroker(t, "redis://"+s.addr, pubsub.NewNodeID())
+	ctx := context.Background()
+	app := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer app.Close()
+	calls := func(cmd string) int {
+		info, err := app.Info(ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
+				n, _ := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+				return n
+			}
+		}
+		return 0
+	}
+	channels := make([]string, 10)
+	for i := range channels {
+		channels[i] = "batch:" + strconv.Itoa(i)
+	}
+	sub0, unsub0 := calls("subscribe"), calls("unsubscribe")
+	if err := b.Subscribe(ctx, channels...); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := app.PubSubNumSub(ctx, "cc:batch:9").Result(); n["cc:batch:9"] != 1 {
+		t.Fatalf("after Subscribe, cc:batch:9 has %d subscribers", n["cc:batch:9"])
+	}
+	if err := b.Unsubscribe(ctx, channels...); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls("subscribe") - sub0; got != 1 {
+		t.Errorf("subscribing to 10 channels took %d SUBSCRIBE commands, want 1", got)
+	}
+	if got := calls("unsubscribe") - unsub0; got != 1 {
+		t.Errorf("unsubscribing from 10 channels took %d UNSUBSCRIBE commands, want 1", got)
+	}
 }

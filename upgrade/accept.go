@@ -153,13 +153,11 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			"503 Service Unavailable: this server is shutting down; reconnect", log)
 		return
 	}
-	for _, ch := range acc.subscribe {
-		if err := c.subscribe(ch); err != nil {
-			c.abandon()
-			s.refuse(ctx, fasthttp.StatusServiceUnavailable, "broker",
-				"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
-			return
-		}
+	if err := c.subscribe(acc.subscribe...); err != nil {
+		c.abandon()
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "broker",
+			"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
+		return
 	}
 
 	// fasthttp keeps Set-Cookie apart from other headers, one raw value

@@ -82,7 +82,7 @@ type Conn struct {
 	fenced   bool     // given up by a lapsed lease: its close event is another node's to send
 	writers  sync.WaitGroup
 	state    string
-	channels []string
+	channels []string // in join order; written only by the hub's join and leave (membership.go)
 
 	// queued is the payload bytes enqueued and not yet written, those the
 	// writer holds included: raised under mu, lowered by the writer.
@@ -184,17 +184,13 @@ func (c *Conn) teardown() {
 	c.mu.Lock()
 	c.raw.Close()
 	end := *c.end
-	channels := c.channels
-	c.channels = nil
 	c.torn = true
 	c.dropQueueLocked()
 	c.mu.Unlock()
 	c.writers.Wait()
 
 	c.hub.remove(c)
-	for _, ch := range channels {
-		c.hub.leave(c, ch)
-	}
+	c.leaveAll()
 	c.hub.metrics.closes.WithLabelValues(end.by).Inc()
 	code := end.code
 	if code == 0 {
@@ -238,14 +234,10 @@ func (c *Conn) abandon() {
 		return
 	}
 	c.mu.Lock()
-	channels := c.channels
-	c.channels = nil
 	c.torn = true
 	c.mu.Unlock()
 	c.hub.remove(c)
-	for _, ch := range channels {
-		c.hub.leave(c, ch)
-	}
+	c.leaveAll()
 	c.log.Debug().Msg("accepted connection abandoned before its 101 was written")
 }
 
@@ -265,13 +257,9 @@ func (c *Conn) Apply(r *callback.Reply) {
 		c.trackedLocked()
 		c.mu.Unlock()
 	}
-	for _, ch := range r.Unsubscribe {
-		c.unsubscribe(ch)
-	}
-	for _, ch := range r.Subscribe {
-		if err := c.subscribe(ch); err != nil {
-			c.log.Warn().Err(err).Str("channel", ch).Msg("subscribe from the app's reply failed")
-		}
+	c.unsubscribe(r.Unsubscribe...)
+	if err := c.subscribe(r.Subscribe...); err != nil {
+		c.log.Warn().Err(err).Msg("subscribe from the app's reply failed")
 	}
 	for _, f := range r.Send {
 		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
@@ -299,41 +287,3 @@ func (c *Conn) Fail(why callback.Failure) {
 }
 
 var _ callback.Target = (*Conn)(nil)
-
-func (c *Conn) subscribe(ch string) error {
-	c.mu.Lock()
-	if c.torn || slices.Contains(c.channels, ch) {
-		c.mu.Unlock()
-		return nil
-	}
-	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
-	defer cancel()
-	if err := c.hub.join(ctx, c, ch); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	if !c.torn {
-		c.channels = append(c.channels, ch)
-		c.trackedLocked()
-		c.mu.Unlock()
-		return nil
-	}
-	c.mu.Unlock()
-	// Torn down while joining: teardown has left its channels already.
-	c.hub.leave(c, ch)
-	return nil
-}
-
-func (c *Conn) unsubscribe(ch string) {
-	c.mu.Lock()
-	i := slices.Index(c.channels, ch)
-	if i < 0 {
-		c.mu.Unlock()
-		return
-	}
-	c.channels = slices.Delete(c.channels, i, i+1)
-	c.trackedLocked()
-	c.mu.Unlock()
-	c.hub.leave(c, ch)
-}

@@ -23,9 +23,11 @@ type shard struct {
 }
 
 // Hub is one node's set of connections: the registry the broker delivers
-// into (it is the pubsub.Sink), the local channel subscriptions, and the one
-// heartbeat ticker that pings every connection, finds silent ones and cuts
-// close handshakes that take too long. No connection has a timer of its own.
+// into (it is the pubsub.Sink), the owner of channel membership (who on
+// this node is subscribed to what, membership.go; fan-out in fanout.go),
+// and the one heartbeat ticker that pings every connection, finds silent
+// ones and cuts close handshakes that take too long. No connection has a
+// timer of its own.
 type Hub struct {
 	cfg     Config
 	log     zerolog.Logger
@@ -36,12 +38,13 @@ type Hub struct {
 	seed    maphash.Seed
 
 	shards [shardCount]shard
+	chans  [chanShardCount]chanShard
 
-	chmu     sync.RWMutex
-	channels map[string]map[*Conn]struct{}
-	// pending are the joins the broker has not taken yet (it was away),
-	// by channel; retrying says the goroutine retrying them runs.
-	pending  map[string]map[*Conn]struct{}
+	// pending are the channels whose Subscribe failed (the broker was
+	// away) while they had members; retrying says the goroutine retrying
+	// them runs (channels.go).
+	pendMu   sync.Mutex
+	pending  map[string]struct{}
 	retrying bool
 
 	// The broker's health as last seen, so that accepts do not each ask.
@@ -64,15 +67,14 @@ type Hub struct {
 
 func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *Hub {
 	h := &Hub{
-		cfg:      cfg,
-		log:      log,
-		broker:   broker,
-		metrics:  m,
-		node:     cfg.Node,
-		seed:     maphash.MakeSeed(),
-		channels: map[string]map[*Conn]struct{}{},
-		pending:  map[string]map[*Conn]struct{}{},
-		stop:     make(chan struct{}),
+		cfg:     cfg,
+		log:     log,
+		broker:  broker,
+		metrics: m,
+		node:    cfg.Node,
+		seed:    maphash.MakeSeed(),
+		pending: map[string]struct{}{},
+		stop:    make(chan struct{}),
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	if h.node == "" {
@@ -80,6 +82,9 @@ func newHub(cfg Config, log zerolog.Logger, broker pubsub.Broker, m *metrics) *H
 	}
 	for i := range h.shards {
 		h.shards[i].conns = map[string]*Conn{}
+	}
+	for i := range h.chans {
+		h.chans[i].chans = map[string]*channel{}
 	}
 	return h
 }
@@ -138,40 +143,6 @@ func (h *Hub) Count() int {
 		s.mu.RUnlock()
 	}
 	return n
-}
-
-var connSlices = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
-
-// Deliver fans a broadcast out to this node's subscribers of its channel.
-// The frame is encoded once and shared by every connection's writer.
-func (h *Hub) Deliver(m pubsub.Message) {
-	sp := connSlices.Get().(*[]*Conn)
-	targets := (*sp)[:0]
-	h.chmu.RLock()
-	for c := range h.channels[m.Channel] {
-		if c.id != m.Except {
-			targets = append(targets, c)
-		}
-	}
-	h.chmu.RUnlock()
-	if len(targets) > 0 {
-		typ := websocket.TextMessage
-		if m.Binary {
-			typ = websocket.BinaryMessage
-		}
-		pm, err := websocket.NewPreparedMessage(typ, m.Data)
-		if err != nil { // only compression can fail, and it is off
-			h.log.Error().Err(err).Msg("preparing a broadcast")
-		} else {
-			out := outgoing{prepared: pm, size: len(m.Data)}
-			for _, c := range targets {
-				c.enqueue(out)
-			}
-		}
-	}
-	clear(targets)
-	*sp = targets[:0]
-	connSlices.Put(sp)
 }
 
 // Execute carries out an admin /send or /close for a local connection.

@@ -1,0 +1,83 @@
+package upgrade
+
+import (
+	"runtime"
+	"sync"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/cablecar/cablecar/pubsub"
+)
+
+// Fan-out: one broadcast to this node's members of its channel. The frame
+// is encoded once (a websocket.PreparedMessage every writer shares); the
+// members are copied out of their shard under its read lock, one move of
+// pointers, and the lock is let go before any of them is handed anything.
+// A large audience is split into parts delivered by up to GOMAXPROCS
+// goroutines at once, this one included; a small one is delivered here,
+// with no goroutine.
+//
+// Order: Deliver returns only once every part is queued, and a broker
+// calls it for one publisher's messages one after the other (Sink), so two
+// broadcasts of one publisher reach each connection's queue, and its
+// socket, in the order they were published.
+
+// fanoutPart is the fewest members a goroutine of a split fan-out takes:
+// below that, starting it costs more than it saves.
+const fanoutPart = 512
+
+var targetSlices = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return &s }}
+
+// Deliver fans a broadcast out to this node's subscribers of its channel.
+func (h *Hub) Deliver(m pubsub.Message) {
+	s := h.chanShard(m.Channel)
+	sp := targetSlices.Get().(*[]*Conn)
+	s.mu.RLock()
+	if ch := s.chans[m.Channel]; ch != nil {
+		*sp = append((*sp)[:0], ch.members...)
+	}
+	s.mu.RUnlock()
+	targets := *sp
+	if len(targets) > 0 {
+		typ := websocket.TextMessage
+		if m.Binary {
+			typ = websocket.BinaryMessage
+		}
+		pm, err := websocket.NewPreparedMessage(typ, m.Data)
+		if err != nil { // only compression can fail, and it is off
+			h.log.Error().Err(err).Msg("preparing a broadcast")
+		} else {
+			fanout(targets, outgoing{prepared: pm, size: len(m.Data)}, m.Except, runtime.GOMAXPROCS(0))
+		}
+	}
+	clear(targets)
+	*sp = targets[:0]
+	targetSlices.Put(sp)
+}
+
+// fanout queues out for every target but the one whose id is except, in
+// up to workers parts at once, and returns when all are queued.
+func fanout(targets []*Conn, out outgoing, except string, workers int) {
+	parts := min(workers, len(targets)/fanoutPart)
+	if parts <= 1 {
+		deliverTo(targets, out, except)
+		return
+	}
+	size := (len(targets) + parts - 1) / parts
+	var wg sync.WaitGroup
+	for rest := targets[size:]; len(rest) > 0; {
+		part := rest[:min(size, len(rest))]
+		rest = rest[len(part):]
+		wg.Go(func() { deliverTo(part, out, except) })
+	}
+	deliverTo(targets[:size], out, except)
+	wg.Wait()
+}
+
+func deliverTo(targets []*Conn, out outgoing, except string) {
+	for _, c := range targets {
+		if c.id != except {
+			c.enqueue(out)
+		}
+	}
+}
