@@ -2,6 +2,7 @@ package pubsub_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -330,9 +331,9 @@ func TestRedisClientNameFromURL(t *testing.T) {
 // ten, and leaving them one UNSUBSCRIBE.
 func TestRedisBatchIsOneCommand(t *testing.T) {
 	s := startRedisServer(t)
-	b, _ := startBroker(t, "redis://"+s.addr, pubsub.NewNodeID())
+	b, _ := startBroker(t, "redis://"+s.Addr, pubsub.NewNodeID())
 	ctx := context.Background()
-	app := redis.NewClient(&redis.Options{Addr: s.addr})
+	app := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer app.Close()
 	calls := func(cmd string) int {
 		info, err := app.Info(ctx, "commandstats").Result()
