@@ -233,6 +233,19 @@ func TestAdminConnectionLookupAcrossNodes(t *testing.T) {
 	for _, c := range nodes {
 		waitConn(t, c, id, node, nil)
 	}
+
+	// A connection whose app wants no close event (Cablecar-Events
+	// without close) is found from the other node too, and not once it
+	// is gone.
+	quiet, idq := joinWS(t, nodes[0], p, WithQuery("/ws/chat/lookupq", "events", "message"), ch)
+	nodeq := nodeOf(t, idq)
+	for _, c := range nodes {
+		waitConn(t, c, idq, nodeq, []string{ch})
+	}
+	quiet.CloseWith(wsWait, 1000, "bye")
+	for _, c := range nodes {
+		waitConn(t, c, idq, nodeq, nil)
+	}
 }
 
 // TestReadyzThroughBrokerOutage: Redis away shows in /readyz, which stays

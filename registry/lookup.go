@@ -14,9 +14,10 @@ import (
 // id names keeps it (the admin API's GET /connections/<id> for another
 // node's connection). It finds a record only while that node's lease
 // lives: a node whose lease lapsed has given its connections up, or died
-// with them. The registry holds the connections whose close event the app
-// asked for, from their accept until that event is delivered; false means
-// no such record, an error that Redis could not be asked.
+// with them. The registry holds every connection from its accept until it
+// ended (and, when the app wants close events, until that event was
+// delivered: such a record is marked Ended meanwhile); false means no
+// open connection, an error that Redis could not be asked.
 func (r *Registry) Lookup(ctx context.Context, id string) (ConnRecord, bool, error) {
 	node, ok := pubsub.NodeOf(id)
 	if !ok {
@@ -37,6 +38,9 @@ func (r *Registry) Lookup(ctx context.Context, id string) (ConnRecord, bool, err
 	rec, err := decodeRecord(id, []byte(raw.Val()))
 	if err != nil {
 		return ConnRecord{}, false, fmt.Errorf("reading the connection record: %w", err)
+	}
+	if rec.Ended {
+		return ConnRecord{}, false, nil
 	}
 	return rec, true, nil
 }

@@ -33,6 +33,16 @@ func TestRegistryLookup(t *testing.T) {
 			t.Errorf("Lookup(%q) = %v %v, want not found", id, ok, err)
 		}
 	}
+	// Ended (its close event still on its way): the record stays, the
+	// connection is no longer found open.
+	a.End(recs[0].ID)
+	eventually(t, "the ended connection not found", 5*time.Second, func() bool {
+		_, ok, err := b.Lookup(ctx, recs[0].ID)
+		return err == nil && !ok
+	})
+	if hlen(t, rdb, a.node) != 2 {
+		t.Fatal("an ended connection's record went before its close event was delivered")
+	}
 	a.Untrack(recs[0].ID)
 	eventually(t, "the untracked record gone", 5*time.Second, func() bool {
 		_, ok, err := b.Lookup(ctx, recs[0].ID)

@@ -7,7 +7,8 @@ import (
 )
 
 // ConnRecord is what another node needs to post a connection's close event
-// should the node holding it die (SPEC §3, by: node_lost). Its JSON, as
+// should the node holding it die (SPEC §3, by: node_lost), and to answer
+// where a connection is (SPEC §4, GET /connections/<id>). Its JSON, as
 // the tags below define it, is the record's one format in Redis: written
 // by appendRecord, read by decodeRecord, both through encoding/json.
 type ConnRecord struct {
@@ -21,6 +22,13 @@ type ConnRecord struct {
 	// before it shut down (SPEC §5): a survivor posts this one, same id,
 	// rather than a node_lost close. nil for a node that was lost.
 	Close *CloseEvent `json:"close,omitempty"`
+	// NoClose: the app asked for no close event (Cablecar-Events). The
+	// record is there so that any node can find the connection (admin
+	// GET /connections/<id>); a survivor posts nothing for it.
+	NoClose bool `json:"noclose,omitempty"`
+	// Ended: the connection is gone and its record waits only for its
+	// close event to be delivered; Lookup does not find it.
+	Ended bool `json:"ended,omitempty"`
 }
 
 // CloseEvent is a close event as its node numbered it: its id is

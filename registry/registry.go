@@ -220,7 +220,7 @@ func New(rdb redis.UniversalClient, cfg Config, log zerolog.Logger, reg promethe
 	m := metrics{
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "cablecar_registry_connections",
-			Help: "Connections of this node recorded in Redis, so that their close events outlive the node.",
+			Help: "Connections of this node recorded in Redis, so that any node can find them and their close events outlive the node.",
 		}),
 		writesOK:  writes.WithLabelValues("ok"),
 		writesErr: writes.WithLabelValues("error"),
@@ -230,7 +230,7 @@ func New(rdb redis.UniversalClient, cfg Config, log zerolog.Logger, reg promethe
 		}),
 		lostConns: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cablecar_node_lost_connections_total",
-			Help: "Connections of lost nodes whose close events (by: node_lost) this node handed to the app.",
+			Help: "Connections of lost nodes whose records this node settled: their close events (by: node_lost) delivered or finally dropped, or none wanted.",
 		}),
 		leaseFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cablecar_lease_refresh_failures_total",
@@ -288,6 +288,19 @@ func (r *Registry) Update(id, state string, channels []string) {
 	r.mu.Lock()
 	if e, ok := r.live[id]; ok && !r.closed {
 		e.rec.State, e.rec.Channels = state, channels
+		r.markLocked(id)
+	}
+	r.mu.Unlock()
+}
+
+// End records that a connection ended while its close event is still on
+// its way to the app: the record stays (a survivor posts the close event
+// should this node die first), but Lookup no longer finds the connection
+// open.
+func (r *Registry) End(id string) {
+	r.mu.Lock()
+	if e, ok := r.live[id]; ok && !r.closed && !e.rec.Ended {
+		e.rec.Ended = true
 		r.markLocked(id)
 	}
 	r.mu.Unlock()

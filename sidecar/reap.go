@@ -27,6 +27,11 @@ var lostClose = callback.Event{Type: callback.EventClose, Code: websocket.CloseA
 // again. A record that can never be posted is settled at once, so that it
 // is deleted rather than offered for ever.
 func (s *Sidecar) postLost(node string, rec registry.ConnRecord, stop <-chan struct{}, settled func()) bool {
+	if rec.NoClose {
+		// Recorded only to be found; the app wants no close event of it.
+		settled()
+		return true
+	}
 	err := s.cb.PostLost(rec, lostClose, stop, settled)
 	switch {
 	case err == nil:

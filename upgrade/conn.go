@@ -147,10 +147,14 @@ func (c *Conn) run(ws *websocket.Conn) {
 	// The stream exists before the writer can run: Apply is only ever
 	// called through it, and teardown needs it.
 	c.stream = c.hub.cb.NewStream(c, c.id, c.eventsPath, c.eventHeaders)
-	if t := cfg.Tracker; t != nil && c.events.has(eventClose) {
+	if t := cfg.Tracker; t != nil {
+		// Every connection is recorded, so any node can say where it is
+		// (GET /connections/<id>); only those whose close event the app
+		// wants are waited for below and posted by a survivor.
 		c.mu.Lock()
 		t.Track(registry.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
-			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims})
+			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims,
+			NoClose: !c.events.has(eventClose)})
 		c.mu.Unlock()
 	}
 	// Before the socket is handed to the writer: what the client is sent
@@ -212,10 +216,14 @@ func (c *Conn) teardown() {
 		var untrack func()
 		if t := c.hub.cfg.Tracker; t != nil {
 			id := c.id
+			t.End(id) // no longer found open, while the record waits
 			untrack = func() { t.Untrack(id) }
 		}
 		c.stream.PushClose(callback.Event{Code: code, Reason: end.reason, By: end.by}, untrack)
 	} else {
+		if t := c.hub.cfg.Tracker; t != nil {
+			t.Untrack(c.id)
+		}
 		c.stream.End(nil)
 	}
 }
@@ -223,7 +231,7 @@ func (c *Conn) teardown() {
 // trackedLocked tells the tracker of a change of state or channels; the caller
 // holds c.mu.
 func (c *Conn) trackedLocked() {
-	if t := c.hub.cfg.Tracker; t != nil && c.events.has(eventClose) && c.ws.Load() != nil && !c.torn {
+	if t := c.hub.cfg.Tracker; t != nil && c.ws.Load() != nil && !c.torn {
 		t.Update(c.id, c.state, slices.Clone(c.channels))
 	}
 }

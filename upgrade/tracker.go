@@ -11,11 +11,16 @@ import (
 // (registry.Registry, with Redis). Its methods never block on the network:
 // writes are batched. A nil Tracker (one node, in memory) records nothing.
 type Tracker interface {
-	// Track records a connection whose close event the app wants.
+	// Track records a connection (NoClose when the app wants no close
+	// event: then only to be found by other nodes).
 	Track(rec registry.ConnRecord)
 	// Update records a change of state or channels.
 	Update(id, state string, channels []string)
-	// Untrack forgets a connection once its close event was delivered.
+	// End records that the connection ended, its close event still on
+	// its way to the app.
+	End(id string)
+	// Untrack forgets a connection: at its end when the app wants no close
+	// event, else once that event was delivered.
 	Untrack(id string)
 	// Written returns once every change made before the call is where
 	// other nodes find it, or with ctx's error.
