@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo
 
 all: build
 
@@ -53,6 +53,11 @@ deps:
 
 deps-bench:
 	@sh e2e/deps.sh $(TEST_PKGS) $(BENCH_PKGS)
+
+## jsdeps: the real JavaScript clients (@rails/actioncable, Turbo, @anycable/web), pinned,
+## fetched with Debian's npm into e2e/.jsdeps (git-ignored) for the browser tests.
+jsdeps:
+	@sh e2e/jsdeps.sh
 
 ## bench-proxy: requests/s and latency, direct vs nginx vs Cablecar (see docs/performance.md).
 bench-proxy: deps-bench
