@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo soak
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo soak
 
 all: build
 
@@ -32,10 +32,11 @@ check: build
 test: deps vet ruby-test
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## ruby-test: the gem's own tests (minitest, and the test kit under RSpec; no sidecar needed).
+## ruby-test: the gem's own tests (minitest, and the test kit under RSpec), and the hand-written ActionCable test app's; no sidecar needed.
 ruby-test: deps
 	cd ruby && ruby -w -Ilib -Itest -e 'Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }'
 	cd ruby && rspec -I lib --order defined spec
+	ruby -w testdata/acapp/acapp_test.rb
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
@@ -53,6 +54,11 @@ deps:
 
 deps-bench:
 	@sh e2e/deps.sh $(TEST_PKGS) $(BENCH_PKGS)
+
+## jsdeps: the real JavaScript clients (@rails/actioncable, Turbo, @anycable/web), pinned,
+## fetched with Debian's npm into e2e/.jsdeps (git-ignored) for the browser tests.
+jsdeps:
+	@sh e2e/jsdeps.sh
 
 ## bench-proxy: requests/s and latency, direct vs nginx vs Cablecar (see docs/performance.md).
 bench-proxy: deps-bench

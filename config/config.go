@@ -52,7 +52,9 @@ type Config struct {
 	WebSocket WebSocket `key:"websocket"`
 	Callback  Callback  `key:"callback"`
 	Auth      Auth      `key:"auth"`
-	Log       Log       `key:"log"`
+	// ActionCable is the `actioncable` section (SPEC §9).
+	ActionCable ActionCable `key:"actioncable"`
+	Log         Log         `key:"log"`
 }
 
 // Upstream is where the app listens: Network "tcp" with Address
@@ -223,6 +225,28 @@ type JWT struct {
 	// Leeway is the clock skew allowed when checking exp and nbf.
 	// 0s means none.
 	Leeway time.Duration `key:"leeway" default:"30s" zero:"ok"`
+}
+
+// ActionCable governs the connections whose accept chose an ActionCable
+// subprotocol (SPEC §9): @rails/actioncable, Turbo Streams and
+// @anycable/web clients.
+type ActionCable struct {
+	// PingInterval is how often the protocol's own ping message
+	// ({"type":"ping"}) is sent; @rails/actioncable reconnects after 6s
+	// without one, so it must stay well below that.
+	PingInterval time.Duration `key:"ping_interval" default:"3s"`
+	// TurboStreamsSecret is Rails' config.turbo.signed_stream_verifier_key;
+	// when set, Turbo::StreamsChannel and $pubsub subscribes with a signed
+	// stream name are verified and confirmed by Cablecar without asking
+	// the app. Empty: they reach the app like any subscribe.
+	TurboStreamsSecret string `key:"turbo_streams_secret" default:"" secret:"true"`
+	// PublicStreams confirms $pubsub subscribes with a plain stream_name
+	// (@anycable/web's streamFrom) without asking the app; false: they
+	// reach the app like any subscribe.
+	PublicStreams bool `key:"public_streams" default:"false"`
+	// SessionTTL is how long an actioncable-v1-ext-json session can be
+	// restored after its socket ended (SPEC §10); 0s turns restore off.
+	SessionTTL time.Duration `key:"session_ttl" default:"2m" zero:"ok"`
 }
 
 // Log is where and how much Cablecar logs.

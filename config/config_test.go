@@ -60,6 +60,7 @@ func TestDefault(t *testing.T) {
 		{"callback.secret", c.Callback.Secret, []string(nil)},
 		{"callback.forward_headers", c.Callback.ForwardHeaders, []string{"Cookie", "Authorization"}},
 		{"auth.jwt", c.Auth.JWT, JWT{QueryParam: "token", Leeway: 30 * time.Second}},
+		{"actioncable", c.ActionCable, ActionCable{PingInterval: 3 * time.Second, SessionTTL: 2 * time.Minute}},
 		{"log", c.Log, Log{Level: "info", Format: "auto"}},
 	}
 	for _, ck := range checks {
@@ -276,6 +277,9 @@ func TestValueForms(t *testing.T) {
 		{"CABLECAR_ADMIN_LISTEN=", func(c *Config) any { return c.Admin.Listen }, ""},
 		{"CABLECAR_BROKER_PREFIX=", func(c *Config) any { return c.Broker.Prefix }, ""},
 		{"CABLECAR_LOG_FORMAT=Console", func(c *Config) any { return c.Log.Format }, "console"},
+		{"CABLECAR_ACTIONCABLE_SESSION_TTL=0s", func(c *Config) any { return c.ActionCable.SessionTTL }, time.Duration(0)},
+		{"CABLECAR_ACTIONCABLE_PUBLIC_STREAMS=true", func(c *Config) any { return c.ActionCable.PublicStreams }, true},
+		{"CABLECAR_ACTIONCABLE_TURBO_STREAMS_SECRET=a,b", func(c *Config) any { return c.ActionCable.TurboStreamsSecret }, "a,b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.env, func(t *testing.T) {
@@ -327,6 +331,12 @@ func TestErrors(t *testing.T) {
 		{name: "negative leeway",
 			environ: []string{"CABLECAR_AUTH_JWT_LEEWAY=-1s"},
 			want:    `auth.jwt.leeway: "-1s" must not be negative (examples: 0s, 250ms, 5s) [CABLECAR_AUTH_JWT_LEEWAY]`},
+		{name: "negative session ttl",
+			yaml: "actioncable: {session_ttl: -2m}\n",
+			want: `actioncable.session_ttl: "-2m" must not be negative (examples: 0s, 250ms, 5s) [FILE line 1]`},
+		{name: "zero actioncable ping",
+			environ: []string{"CABLECAR_ACTIONCABLE_PING_INTERVAL=0s"},
+			want:    `actioncable.ping_interval: "0s" must be greater than zero (examples: 250ms, 5s, 1m) [CABLECAR_ACTIONCABLE_PING_INTERVAL]`},
 		{name: "zero timeout",
 			environ: []string{"CABLECAR_PROXY_CLIENT_BODY_TIMEOUT=0s"},
 			want:    `proxy.client_body_timeout: "0s" must be greater than zero (examples: 250ms, 5s, 1m) [CABLECAR_PROXY_CLIENT_BODY_TIMEOUT]`},
@@ -603,7 +613,7 @@ func TestUnknownEnvWarnings(t *testing.T) {
 		"CABLECAR_CONNECT_TIMEOUT: unknown variable, ignored (did you mean CABLECAR_PROXY_CONNECT_TIMEOUT?)",
 		"CABLECAR_PROXY_CONECT_TIMEOUT: unknown variable, ignored (did you mean CABLECAR_PROXY_CONNECT_TIMEOUT?)",
 		"CABLECAR_RAILS_THING: unknown variable, ignored",
-		"CABLECAR_SECRET: unknown variable, ignored (did you mean CABLECAR_AUTH_JWT_HMAC_SECRET or CABLECAR_CALLBACK_SECRET?)",
+		"CABLECAR_SECRET: unknown variable, ignored (did you mean CABLECAR_ACTIONCABLE_TURBO_STREAMS_SECRET or CABLECAR_AUTH_JWT_HMAC_SECRET or CABLECAR_CALLBACK_SECRET?)",
 	}
 	if !reflect.DeepEqual(fl.Warnings, want) {
 		t.Errorf("warnings:\n got %q\nwant %q", fl.Warnings, want)
@@ -637,9 +647,10 @@ var secretEnv = []string{
 	"CABLECAR_CALLBACK_SECRET=cbsecret1,cbsecret2",
 	"CABLECAR_AUTH_JWT_HMAC_SECRET=jwtsecret1",
 	"CABLECAR_BROKER_URL=redis://user:brokerpass1@redis:6379/0",
+	"CABLECAR_ACTIONCABLE_TURBO_STREAMS_SECRET=turbosecret1",
 }
 
-var secretValues = []string{"adminsecret1", "cbsecret1", "cbsecret2", "jwtsecret1", "brokerpass1"}
+var secretValues = []string{"adminsecret1", "cbsecret1", "cbsecret2", "jwtsecret1", "brokerpass1", "turbosecret1"}
 
 func TestSecretsNeverShown(t *testing.T) {
 	c, _, err := Parse(nil, secretEnv, nil)
@@ -657,6 +668,7 @@ func TestSecretsNeverShown(t *testing.T) {
 		"secret: ['********', '********']",
 		"hmac_secret: ['********']",
 		"url: redis://user:********@redis:6379/0",
+		"turbo_streams_secret: '********'",
 	} {
 		if !strings.Contains(eff, want) {
 			t.Errorf("Effective() lacks %q:\n%s", want, eff)
@@ -712,6 +724,9 @@ func TestEffectiveRoundTrip(t *testing.T) {
 		"CABLECAR_AUTH_JWT_REQUIRED=true",
 		"CABLECAR_AUTH_JWT_ISSUER=123",
 		"CABLECAR_AUTH_JWT_AUDIENCE=null",
+		"CABLECAR_ACTIONCABLE_PING_INTERVAL=1500ms",
+		"CABLECAR_ACTIONCABLE_PUBLIC_STREAMS=true",
+		"CABLECAR_ACTIONCABLE_SESSION_TTL=0s",
 		"CABLECAR_LOG_FORMAT=json",
 	}, secretEnv...)
 	tests := []struct {
@@ -743,8 +758,10 @@ func TestEffectiveRoundTrip(t *testing.T) {
 
 // maskSecrets is what a config looks like after Effective and reload.
 func maskSecrets(c *Config) {
-	if c.Admin.APIKey != "" {
-		c.Admin.APIKey = mask
+	for _, s := range []*string{&c.Admin.APIKey, &c.ActionCable.TurboStreamsSecret} {
+		if *s != "" {
+			*s = mask
+		}
 	}
 	for _, list := range []*[]string{&c.Callback.Secret, &c.Auth.JWT.HMACSecret} {
 		for i := range *list {
