@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,92 +148,6 @@ func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*
 		r.sub = newPlainSubscriber(subRdb)
 	}
 	return r, nil
-}
-
-// NewRedisClient builds a go-redis client from a broker URL: redis:// and
-// rediss:// (one server), redis+sentinel:// (go-redis's failover URL, with
-// master_name=), redis+cluster:// and rediss+cluster:// (go-redis's cluster
-// URL: the first node in the host, more as addr=). The bool is true for a
-// cluster.
-func NewRedisClient(raw string) (redis.UniversalClient, bool, error) {
-	opt, err := parseRedisURL(raw)
-	if err != nil {
-		return nil, false, err
-	}
-	c, cluster := newClient(opt)
-	return c, cluster, nil
-}
-
-// newNamedClient builds a client from parsed options whose connections
-// are named <base>:<node>:<role>, base being the URL's client_name or
-// "cablecar". opt is not changed: each role gets its own copy.
-func newNamedClient(opt any, node, role string) (redis.UniversalClient, bool) {
-	name := func(base string) string {
-		if base == "" {
-			base = "cablecar"
-		}
-		return base + ":" + node + ":" + role
-	}
-	switch o := opt.(type) {
-	case *redis.Options:
-		c := *o
-		c.ClientName = name(o.ClientName)
-		return newClient(&c)
-	case *redis.FailoverOptions:
-		c := *o
-		c.ClientName = name(o.ClientName)
-		return newClient(&c)
-	default:
-		o2 := opt.(*redis.ClusterOptions)
-		c := *o2
-		c.ClientName = name(o2.ClientName)
-		return newClient(&c)
-	}
-}
-
-func newClient(opt any) (redis.UniversalClient, bool) {
-	switch o := opt.(type) {
-	case *redis.Options:
-		return redis.NewClient(o), false
-	case *redis.FailoverOptions:
-		return redis.NewFailoverClient(o), false
-	default:
-		return redis.NewClusterClient(o.(*redis.ClusterOptions)), true
-	}
-}
-
-// CheckRedisURL reports what is wrong with a broker URL, without
-// connecting: the config check uses it, so that a URL that cannot work
-// stops start-up like any other bad value.
-func CheckRedisURL(raw string) error {
-	_, err := parseRedisURL(raw)
-	return err
-}
-
-func parseRedisURL(raw string) (any, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, err
-	}
-	scheme := strings.ToLower(u.Scheme)
-	switch scheme {
-	case "redis", "rediss":
-		return redis.ParseURL(raw)
-	case "redis+sentinel":
-		u.Scheme = "redis"
-		opt, err := redis.ParseFailoverURL(u.String())
-		if err != nil {
-			return nil, err
-		}
-		if opt.MasterName == "" {
-			return nil, errors.New("redis+sentinel:// needs the master's name as ?master_name=")
-		}
-		return opt, nil
-	case "redis+cluster", "rediss+cluster":
-		u.Scheme = strings.TrimSuffix(scheme, "+cluster")
-		return redis.ParseClusterURL(u.String())
-	}
-	return nil, fmt.Errorf("unknown scheme %q", u.Scheme)
 }
 
 // Client is the Redis client for the connection registry (its connections
@@ -620,64 +532,4 @@ func (r *Redis) watch(ctx context.Context) {
 			r.setDown(err)
 		}
 	}
-}
-
-var redisLoggerOnce sync.Once
-
-// setRedisLogger sends go-redis's own messages (one per failed dial while
-// Redis is away) to our log at debug: our warnings already say it is down.
-func setRedisLogger(log zerolog.Logger) {
-	redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{log.With().Str("component", "go-redis").Logger()}) })
-}
-
-type redisLogger struct{ log zerolog.Logger }
-
-func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	l.log.Debug().Msgf(format, v...)
-}
-
-// backoff is the wait before the n-th reconnection attempt in a row.
-func backoff(n int) time.Duration {
-	d := 50 * time.Millisecond << min(n, 6)
-	d = min(d, 2*time.Second)
-	return d/2 + rand.N(d/2+1)
-}
-
-type redisMetrics struct {
-	connected     prometheus.Gauge
-	disconnects   prometheus.Counter
-	outageSeconds prometheus.Counter
-	decodeErrors  prometheus.Counter
-	// Per message, so resolved once.
-	receivedVerbatim, receivedEnvelope, receivedCommand prometheus.Counter
-}
-
-func newRedisMetrics(reg prometheus.Registerer) *redisMetrics {
-	m := &redisMetrics{
-		connected: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "cablecar_broker_connected",
-			Help: "1 while the Redis subscriber connection is up.",
-		}),
-		disconnects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "cablecar_broker_disconnects_total",
-			Help: "Times the Redis subscriber connection was lost.",
-		}),
-		outageSeconds: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "cablecar_broker_outage_seconds_total",
-			Help: "Time without a Redis subscriber connection: broadcasts published meanwhile did not reach this node.",
-		}),
-		decodeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "cablecar_broker_decode_errors_total",
-			Help: "Messages on internal channels that could not be decoded (dropped).",
-		}),
-	}
-	received := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "cablecar_broker_received_total",
-		Help: "Messages received from Redis, by kind (verbatim, envelope, command).",
-	}, []string{"kind"})
-	m.receivedVerbatim = received.WithLabelValues("verbatim")
-	m.receivedEnvelope = received.WithLabelValues("envelope")
-	m.receivedCommand = received.WithLabelValues("command")
-	reg.MustRegister(m.connected, m.disconnects, m.outageSeconds, received, m.decodeErrors)
-	return m
 }
