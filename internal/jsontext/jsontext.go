@@ -1,6 +1,6 @@
 // Package jsontext writes JSON strings into a byte slice without
 // reflection or allocation, for the bodies Cablecar builds on hot paths:
-// event webhooks (callback) and connection records in Redis (pubsub).
+// event webhooks (callback) and ActionCable frames (actioncable).
 package jsontext
 
 import "unicode/utf8"
