@@ -23,6 +23,7 @@ import (
 
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/internal/appconn"
+	"github.com/cablecar/cablecar/registry"
 )
 
 // Defaults for the zero values of Config. The sidecar passes every value a
@@ -131,6 +132,10 @@ type Client struct {
 	closing closingSet
 	// pub is where the replies to retried close events publish.
 	pub Publisher
+	// numbered, when set, hears of each close event as it is numbered
+	// (the registry records it, so that a survivor posts that very event,
+	// same id, should this node die before the app took it).
+	numbered func(id string, ev registry.CloseEvent)
 
 	mu   sync.Mutex
 	live int           // streams not Done
@@ -195,6 +200,12 @@ func (c *Client) newHostClient() *fasthttp.HostClient {
 // only publish has anything left to act on. Without one, such a reply's
 // publish is dropped. Call it before any stream starts.
 func (c *Client) SetPublisher(p Publisher) { c.pub = p }
+
+// OnCloseNumbered sets f to hear of every close event of this node's
+// connections as it is given its number. f is called with the stream's
+// lock held: it must be quick and must not call back into the client. Set
+// it before the first stream is made.
+func (c *Client) OnCloseNumbered(f func(id string, ev registry.CloseEvent)) { c.numbered = f }
 
 // Close drops the idle connections to the app.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }

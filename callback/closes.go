@@ -326,14 +326,16 @@ type closingSet struct {
 	peak int
 }
 
-func (cs *closingSet) add(id string, n uint64, ev Event) {
+func (cs *closingSet) add(id string, n uint64, ev Event) registry.CloseEvent {
+	ce := registry.CloseEvent{N: n, Code: ev.Code, Reason: ev.Reason, By: ev.By}
 	cs.mu.Lock()
 	if cs.m == nil {
 		cs.m = make(map[string]registry.CloseEvent)
 	}
-	cs.m[id] = registry.CloseEvent{N: n, Code: ev.Code, Reason: ev.Reason, By: ev.By}
+	cs.m[id] = ce
 	cs.peak = max(cs.peak, len(cs.m))
 	cs.mu.Unlock()
+	return ce
 }
 
 func (cs *closingSet) remove(id string) {

@@ -313,7 +313,10 @@ func (s *Stream) enqueueLocked(ev Event) {
 	s.pending = append(s.pending, queued{ev: ev, n: s.seq})
 	s.pendingBytes += len(ev.Data)
 	if ev.Type == EventClose && s.counted {
-		s.c.closing.add(s.id, s.seq, ev)
+		ce := s.c.closing.add(s.id, s.seq, ev)
+		if f := s.c.numbered; f != nil {
+			f(s.id, ce)
+		}
 	}
 	if !s.running {
 		s.running = true

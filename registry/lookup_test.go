@@ -35,13 +35,16 @@ func TestRegistryLookup(t *testing.T) {
 	}
 	// Ended (its close event still on its way): the record stays, the
 	// connection is no longer found open.
-	a.End(recs[0].ID)
+	a.End(recs[0].ID, CloseEvent{N: 3, Code: 1000, Reason: "bye", By: "client"})
 	eventually(t, "the ended connection not found", 5*time.Second, func() bool {
 		_, ok, err := b.Lookup(ctx, recs[0].ID)
 		return err == nil && !ok
 	})
-	if hlen(t, rdb, a.node) != 2 {
-		t.Fatal("an ended connection's record went before its close event was delivered")
+	// The record keeps the event as numbered, for a survivor to post
+	// under the same id should A die before the app took it.
+	if rec, ok := storedRecord(t, rdb, a.node, recs[0].ID); !ok || rec.Close == nil ||
+		*rec.Close != (CloseEvent{N: 3, Code: 1000, Reason: "bye", By: "client"}) || !rec.Ended {
+		t.Fatalf("an ended connection's record: %+v %v", rec, ok)
 	}
 	a.Untrack(recs[0].ID)
 	eventually(t, "the untracked record gone", 5*time.Second, func() bool {

@@ -18,9 +18,10 @@ type ConnRecord struct {
 	State    string          `json:"state,omitempty"`
 	Channels []string        `json:"channels,omitempty"`
 	Claims   json.RawMessage `json:"claims,omitempty"`
-	// Close is the close event its node numbered and could not deliver
-	// before it shut down (SPEC §5): a survivor posts this one, same id,
-	// rather than a node_lost close. nil for a node that was lost.
+	// Close is the close event its node numbered and had not delivered
+	// yet (the connection ended, or the node shut down with the app
+	// away, SPEC §5): a survivor posts this one, same id, rather than a
+	// node_lost close. nil while the connection is open.
 	Close *CloseEvent `json:"close,omitempty"`
 	// NoClose: the app asked for no close event (Cablecar-Events). The
 	// record is there so that any node can find the connection (admin

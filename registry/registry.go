@@ -293,14 +293,17 @@ func (r *Registry) Update(id, state string, channels []string) {
 	r.mu.Unlock()
 }
 
-// End records that a connection ended while its close event is still on
-// its way to the app: the record stays (a survivor posts the close event
-// should this node die first), but Lookup no longer finds the connection
-// open.
-func (r *Registry) End(id string) {
+// End records that a connection ended, with its close event as numbered,
+// while that event is still on its way to the app: the record stays, and
+// should this node die before the app took the event, a survivor posts
+// that very event, same id, rather than a node_lost close the app could
+// not tell from it (it would count the connection closed twice). Lookup no
+// longer finds the connection open. It is the callback client's
+// OnCloseNumbered hook.
+func (r *Registry) End(id string, ev CloseEvent) {
 	r.mu.Lock()
-	if e, ok := r.live[id]; ok && !r.closed && !e.rec.Ended {
-		e.rec.Ended = true
+	if e, ok := r.live[id]; ok && !r.closed {
+		e.rec.Ended, e.rec.Close = true, &ev
 		r.markLocked(id)
 	}
 	r.mu.Unlock()

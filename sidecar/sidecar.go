@@ -107,6 +107,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		inner = rb
 		records = registry.New(rb.Client(), pc.registry, log, reg)
 		ucfg.Tracker = records
+		cb.OnCloseNumbered(records.End)
 	}
 	broker := pubsub.Metered(inner, reg)
 	cb.SetPublisher(broker) // replies to close events that had to wait

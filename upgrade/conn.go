@@ -211,12 +211,12 @@ func (c *Conn) teardown() {
 	} else if c.events.has(eventClose) {
 		// The record goes once the close event is delivered (or finally
 		// dropped): should this node die, or shut down, before that,
-		// another one posts it. Nothing here waits for it, so a close
+		// another one posts it — the same event, same id, as numbered
+		// (the callback client tells the registry, registry.End). Nothing here waits for it, so a close
 		// event the app makes wait keeps no part of the connection.
 		var untrack func()
 		if t := c.hub.cfg.Tracker; t != nil {
 			id := c.id
-			t.End(id) // no longer found open, while the record waits
 			untrack = func() { t.Untrack(id) }
 		}
 		c.stream.PushClose(callback.Event{Code: code, Reason: end.reason, By: end.by}, untrack)

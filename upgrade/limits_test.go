@@ -321,7 +321,6 @@ func (b *flakyBroker) held(ch string) int {
 type stuckTracker struct{}
 
 func (stuckTracker) Track(registry.ConnRecord)         {}
-func (stuckTracker) End(string)                        {}
 func (stuckTracker) Update(string, string, []string)   {}
 func (stuckTracker) Untrack(string)                    {}
 func (stuckTracker) Written(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }

@@ -16,9 +16,6 @@ type Tracker interface {
 	Track(rec registry.ConnRecord)
 	// Update records a change of state or channels.
 	Update(id, state string, channels []string)
-	// End records that the connection ended, its close event still on
-	// its way to the app.
-	End(id string)
 	// Untrack forgets a connection: at its end when the app wants no close
 	// event, else once that event was delivered.
 	Untrack(id string)
