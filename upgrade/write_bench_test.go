@@ -186,7 +186,7 @@ func (d *discardConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} 
 func (d *discardConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
 
 // socketPair is a connected pair of Unix stream sockets.
-func socketPair(b *testing.B) (net.Conn, net.Conn) {
+func socketPair(b testing.TB) (net.Conn, net.Conn) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		b.Fatal(err)
@@ -205,7 +205,7 @@ func socketPair(b *testing.B) (net.Conn, net.Conn) {
 
 // serverWS makes the server side of a WebSocket on c, through the library's
 // net/http upgrader and a handshake that never touches c.
-func serverWS(b *testing.B, c net.Conn) *websocket.Conn {
+func serverWS(b testing.TB, c net.Conn) *websocket.Conn {
 	req, err := http.NewRequest(http.MethodGet, "http://bench/ws", nil)
 	if err != nil {
 		b.Fatal(err)
