@@ -81,19 +81,14 @@ func (c *Conn) cut() {
 }
 
 // closeHandler answers the client's close frame, unless ours went first.
-func (c *Conn) closeHandler(ws *websocket.Conn) func(code int, text string) error {
+func (c *Conn) closeHandler(_ *websocket.Conn) func(code int, text string) error {
 	return func(code int, text string) error {
 		c.decide(closing{code: code, reason: text, by: ByClient})
-		c.mu.Lock()
-		sent := c.endSent
-		c.mu.Unlock()
-		if !sent {
-			msg := websocket.FormatCloseMessage(code, "")
-			if code == websocket.CloseNoStatusReceived {
-				msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-			}
-			_ = ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(c.hub.cfg.WriteTimeout))
+		msg := websocket.FormatCloseMessage(code, "")
+		if code == websocket.CloseNoStatusReceived {
+			msg = websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
 		}
+		c.replyClose(msg) // unless ours went first
 		return nil
 	}
 }

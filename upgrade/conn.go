@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -65,6 +66,9 @@ type Conn struct {
 	// ignores Close (the server closes it when the handler returns), so
 	// cutting a socket from outside the read loop needs the real one.
 	raw net.Conn
+	// rawc writes to raw without waiting (write.go's deliver); nil until
+	// first needed, and when raw has no file descriptor (TLS).
+	rawc syscall.RawConn
 
 	// Where and with what this connection's events are posted.
 	eventsPath   string
@@ -77,7 +81,7 @@ type Conn struct {
 	pong     []byte // the latest ping's data
 	writing  bool
 	end      *closing // set once
-	endSent  bool     // the writer has taken end
+	endSent  bool     // the writer has taken end, or the client's close is answered: nothing more is written
 	torn     bool     // teardown has begun: no more writers, joins or closes of the socket
 	fenced   bool     // given up by a lapsed lease: its close event is another node's to send
 	writers  sync.WaitGroup

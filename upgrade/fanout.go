@@ -4,18 +4,18 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/fasthttp/websocket"
-
 	"github.com/cablecar/cablecar/pubsub"
 )
 
 // Fan-out: one broadcast to this node's members of its channel. The frame
-// is encoded once (a websocket.PreparedMessage every writer shares); the
-// members are copied out of their shard under its read lock, one move of
+// is built once and shared by every member (frame.go); the members are copied out of their shard under its read lock, one move of
 // pointers, and the lock is let go before any of them is handed anything.
 // A large audience is split into parts delivered by up to GOMAXPROCS
 // goroutines at once, this one included; a small one is delivered here,
-// with no goroutine.
+// with no goroutine. Each member's frame is written by the fan-out itself
+// when the socket takes it at once and nothing is queued ahead of it
+// (Conn.deliver); only a member whose socket or queue is backed up gets a
+// writer goroutine.
 //
 // Order: Deliver returns only once every part is queued, and a broker
 // calls it for one publisher's messages one after the other (Sink), so two
@@ -39,16 +39,8 @@ func (h *Hub) Deliver(m pubsub.Message) {
 	s.mu.RUnlock()
 	targets := *sp
 	if len(targets) > 0 {
-		typ := websocket.TextMessage
-		if m.Binary {
-			typ = websocket.BinaryMessage
-		}
-		pm, err := websocket.NewPreparedMessage(typ, m.Data)
-		if err != nil { // only compression can fail, and it is off
-			h.log.Error().Err(err).Msg("preparing a broadcast")
-		} else {
-			fanout(targets, outgoing{prepared: pm, size: len(m.Data)}, m.Except, runtime.GOMAXPROCS(0))
-		}
+		out := outgoing{frame: newFrame(m.Binary, m.Data), size: len(m.Data)}
+		fanout(targets, out, m.Except, runtime.GOMAXPROCS(0))
 	}
 	clear(targets)
 	*sp = targets[:0]
@@ -74,10 +66,18 @@ func fanout(targets []*Conn, out outgoing, except string, workers int) {
 	wg.Wait()
 }
 
+// deliverTo delivers out to targets but except; what it writes itself is
+// counted in the metrics once, at the end, not once per member.
 func deliverTo(targets []*Conn, out outgoing, except string) {
+	written := 0
 	for _, c := range targets {
-		if c.id != except {
-			c.enqueue(out)
+		if c.id != except && c.deliver(out) {
+			written++
 		}
+	}
+	if written > 0 {
+		m := targets[0].hub.metrics
+		m.messagesOut.Add(float64(written))
+		m.bytesOut.Add(float64(written * out.size))
 	}
 }

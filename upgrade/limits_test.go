@@ -42,14 +42,10 @@ func (c *Conn) queueState() (msgs int, bytes int64, end *closing) {
 // the bound still goes into an empty queue.
 func TestSendQueueBytes(t *testing.T) {
 	msg := func(n int) outgoing { return outgoing{data: make([]byte, n), size: n} }
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, make([]byte, 300))
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	c := bareConn(t, Config{SendQueue: 100, SendQueueBytes: 1000})
 	c.enqueue(msg(600))
-	c.enqueue(outgoing{prepared: pm, size: 300}) // a shared broadcast counts its payload
+	c.enqueue(outgoing{frame: newFrame(false, make([]byte, 300)), size: 300}) // a shared broadcast counts its payload
 	if n, b, end := c.queueState(); n != 2 || b != 900 || end != nil {
 		t.Fatalf("after 600 + 300 bytes: %d messages, %d bytes, end %v", n, b, end)
 	}

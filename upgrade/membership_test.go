@@ -462,7 +462,7 @@ func (c *Conn) queuedData() []string {
 	out := make([]string, len(c.queue))
 	for i, o := range c.queue {
 		out[i] = string(o.data)
-		if o.prepared != nil {
+		if o.frame != nil {
 			out[i] = "prepared"
 		}
 	}

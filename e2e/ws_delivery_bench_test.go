@@ -1,0 +1,86 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// BenchmarkWSDelivery measures what a delivery costs the real binary (its
+// CPU time, from /proc/<pid>/stat, per message read by a client) and how
+// long broadcasts take to reach every subscriber, the last one included.
+// The clients and the publisher are e2e/cmd/wsfanout, a process of their
+// own, so that the server's CPU is its alone; wsfanout reports its own CPU
+// too. Each cell gets a fresh Cablecar in front of Puma, with the in-memory
+// broker; broadcasts go through the admin API.
+//
+//	go test -run - -bench WSDelivery -benchtime 1x -timeout 20m ./e2e/
+//	BENCH_DELIVERY_CELLS=fanout10k go test -run - -bench WSDelivery -benchtime 1x ./e2e/
+//
+// Cells (issue 13): fanout10k, 20 broadcasts @100 ms to 10,000; burst1k,
+// 1,000 @5 ms to 1,000; persec1k and persec10k, 10 @1 s to 1,000 and 10,000.
+func BenchmarkWSDelivery(b *testing.B) {
+	cells := []struct {
+		name     string
+		conns    int
+		msgs     int
+		interval string
+	}{
+		{"fanout10k", 10000, 20, "100ms"},
+		{"burst1k", 1000, 1000, "5ms"},
+		{"persec1k", 1000, 10, "1s"},
+		{"persec10k", 10000, 10, "1s"},
+	}
+	only := os.Getenv("BENCH_DELIVERY_CELLS")
+	tool := buildWSFanout(b)
+	for _, cell := range cells {
+		if only != "" && !strings.Contains(","+only+",", ","+cell.name+",") {
+			continue
+		}
+		b.Run(cell.name, func(b *testing.B) {
+			for b.Loop() {
+				puma := StartPuma(b, PumaOptions{})
+				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: map[string]any{
+					"log.level":              "warn",
+					"websocket.send_queue":   cell.msgs + 10,
+					"callback.max_in_flight": 64,
+				}})
+				url := "ws" + c.URL[len("http"):] + "/ws/chat?subscribe=bench&events=close"
+				cmd := exec.Command(tool, "-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
+					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID()))
+				cmd.Stderr = os.Stderr
+				out, err := cmd.Output()
+				if err != nil {
+					b.Fatalf("wsfanout: %v\n%s", err, out)
+				}
+				var r map[string]float64
+				if err := json.Unmarshal(out, &r); err != nil {
+					b.Fatalf("wsfanout said %q: %v", out, err)
+				}
+				b.ReportMetric(r["server_cpu_us_per_delivery"], "cablecar-cpu-us/delivery")
+				b.ReportMetric(r["server_cpu_us_per_delivery_beyond_idle"], "cablecar-cpu-us/delivery-beyond-idle")
+				b.ReportMetric(r["client_cpu_us_per_delivery"], "client-cpu-us/delivery")
+				b.ReportMetric(r["p50_ms"], "p50-ms")
+				b.ReportMetric(r["p99_ms"], "p99-ms")
+				b.ReportMetric(r["max_ms"], "max-ms")
+				b.ReportMetric(r["publish_late_p99_ms"], "publish-late-p99-ms")
+			}
+		})
+	}
+}
+
+// buildWSFanout builds e2e/cmd/wsfanout, without -race: it is the load, not
+// what is measured.
+func buildWSFanout(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "wsfanout")
+	cmd := exec.Command("go", "build", "-o", bin, "./e2e/cmd/wsfanout")
+	cmd.Dir = RepoRoot(b)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("building wsfanout: %v\n%s", err, out)
+	}
+	return bin
+}
