@@ -39,6 +39,9 @@ func (h *Hub) Deliver(m pubsub.Message) {
 	s.mu.RUnlock()
 	targets := *sp
 	if len(targets) > 0 {
+		targets = h.acDeliver(m, targets) // ActionCable connections: actioncable_hub.go
+	}
+	if len(targets) > 0 {
 		typ := websocket.TextMessage
 		if m.Binary {
 			typ = websocket.BinaryMessage
