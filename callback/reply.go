@@ -345,7 +345,7 @@ func parseClose(raw json.RawMessage) (*CloseRequest, error) {
 		return nil, invalid("close", `must be an object {"code": …, "reason": …}`)
 	}
 	var c struct {
-		Code   json.RawMessage `json:"code"`
+		Code      json.RawMessage `json:"code"`
 		Reason    json.RawMessage `json:"reason"`
 		Reconnect json.RawMessage `json:"reconnect"`
 	}

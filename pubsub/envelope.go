@@ -23,11 +23,11 @@ import (
 //	uvarint   close code (for 'c' only)
 //	rest      the payload (for 'c': the close reason)
 const (
-	envMagic   = 'C'
-	envVersion = '1'
-	kindMsg    = 'm'
-	kindSend   = 's'
-	kindClose  = 'c'
+	envMagic        = 'C'
+	envVersion      = '1'
+	kindMsg         = 'm'
+	kindSend        = 's'
+	kindClose       = 'c'
 	flagBinary      = 1
 	flagNoReconnect = 2
 	flagIdentifier  = 4
