@@ -221,6 +221,7 @@ func TestActionCable(t *testing.T) {
 		{"Malformed", testACMalformed},
 		{"TurboFastLane", testACTurbo},
 		{"AdminSendAndClose", testACAdmin},
+		{"SubscribeHeaderIgnored", testACSubscribeHeader},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -474,7 +475,7 @@ func TestActionCableMultiNode(t *testing.T) {
 	t.Parallel()
 	r := StartRedis(t)
 	p := startACApp(t)
-	cfg := acConfig(map[string]any{"broker.url": "redis://" + r.Addr})
+	cfg := acConfig(map[string]any{"broker.url": r.URL, "broker.lease_ttl": leaseTTL.String()})
 	n1 := StartCablecar(t, CablecarOptions{Upstream: p.Upstream, Config: cfg})
 	n2 := StartCablecar(t, CablecarOptions{Upstream: p.Upstream, Config: cfg})
 	a, b := acDial(t, n1, p, ""), acDial(t, n2, p, "")
@@ -491,4 +492,73 @@ func TestActionCableMultiNode(t *testing.T) {
 	// /send with an identifier to a connection on the other node.
 	MustAdminPost(t, n1, "/send", map[string]any{"connection": b.id, "identifier": id, "data": "plain"}, "")
 	b.expect(wsWait, messageFrame(id, "plain"))
+
+	// Node 1 dies: the survivor posts a's close event, with the
+	// identifiers a held, so the app can run unsubscribed for them.
+	n1.Kill()
+	var closeEv map[string]any
+	WaitFor(t, 4*leaseTTL+wsWait, "a's node_lost close event", func() bool {
+		for _, ev := range acEvents(t, p, a.id) {
+			if ev["type"] == "close" {
+				closeEv = ev
+				return true
+			}
+		}
+		return false
+	})
+	if ids, _ := closeEv["identifiers"].([]any); closeEv["by"] != "node_lost" || len(ids) != 1 || ids[0] != id {
+		t.Fatalf("close event %v: want by node_lost with identifiers [%s]", closeEv, id)
+	}
+}
+
+// Cablecar-Subscribe is ignored on an ActionCable accept: streams belong
+// to subscriptions.
+func testACSubscribeHeader(t *testing.T, e *acEnv) {
+	ignored := "ign:" + uniqueID(t)
+	cl := acDial(t, e.c, e.p, "subscribe="+url.QueryEscape(ignored))
+	stream := "kept:" + uniqueID(t)
+	id := acID("OneChannel", map[string]any{"stream": stream})
+	cl.subscribe(id)
+	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": ignored, "data": `"no"`}, "")
+	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": stream, "data": `"yes"`}, "")
+	cl.expect(wsWait, messageFrame(id, "yes"))
+}
+
+// JWT refusals of an ActionCable client take the refusal form: a missing
+// token is unauthorized, an expired one token_expired; a token that
+// expires while connected ends the connection with token_expired too.
+func TestActionCableJWT(t *testing.T) {
+	t.Parallel()
+	p := startACApp(t)
+	secret := "jwt-" + randomHex(16)
+	c := StartCablecar(t, CablecarOptions{Upstream: p.Upstream, Config: acConfig(map[string]any{
+		"auth.jwt.required":    true,
+		"auth.jwt.hmac_secret": secret,
+		"auth.jwt.leeway":      "0s",
+	})})
+	token := func(exp time.Duration) string {
+		return signJWT("HS256", "", []byte(secret), map[string]any{"sub": "u1", "exp": time.Now().Add(exp).Unix()})
+	}
+	for _, tc := range []struct{ query, reason string }{
+		{"", "unauthorized"},
+		{"token=" + token(-time.Minute), "token_expired"},
+		{"token=not.a.token", "unauthorized"},
+	} {
+		ws, resp, err := DialWS(t, c.URL+"/cable?"+tc.query, nil, actioncable.V1Name, "actioncable-unsupported")
+		if err != nil {
+			t.Fatalf("%q: dial: %v %s; want 101 and a disconnect", tc.query, err, describeResponse(resp))
+		}
+		cl := &acClient{WSClient: ws, t: t}
+		cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": tc.reason, "reconnect": false})
+		cl.ExpectClose(wsWait)
+	}
+	// Expiring while connected.
+	ws, resp, err := DialWS(t, c.URL+"/cable?token="+token(2*time.Second), nil, actioncable.V1Name)
+	if err != nil {
+		t.Fatalf("dial: %v %s", err, describeResponse(resp))
+	}
+	cl := &acClient{WSClient: ws, t: t}
+	cl.expect(wsWait, map[string]any{"type": "welcome"})
+	cl.expect(wsWait+2*time.Second, map[string]any{"type": "disconnect", "reason": "token_expired", "reconnect": false})
+	cl.ExpectCloseCode(wsWait, websocket.ClosePolicyViolation)
 }
