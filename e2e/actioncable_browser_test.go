@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"html"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/cablecar/cablecar/actioncable"
 )
 
 // The real @rails/actioncable (fetched by make jsdeps) in headless
@@ -100,4 +104,63 @@ func TestActionCableBrowser(t *testing.T) {
 	MustAdminPost(t, c2, "/publish", map[string]any{"channel": "ChatChannel:" + room, "data": `{"hello":"again"}`}, "")
 	page.WaitJS("a broadcast after the restart", `window.got.some(m => m.hello === "again")`)
 	page.Screenshot("actioncable-browser-reconnected.png")
+}
+
+// Turbo Streams: turbo-rails' bundled JS (Turbo and its
+// <turbo-cable-stream-source>, @rails/actioncable inside) subscribes with
+// a signed stream name, which Cablecar's fast lane confirms alone; a
+// Turbo Stream published to that name changes the page.
+func TestActionCableBrowserTurbo(t *testing.T) {
+	t.Parallel()
+	actionCableJS(t) // fetches the packages when missing
+	turboJS := filepath.Join(RepoRoot(t), "e2e", ".jsdeps", "node_modules", "@hotwired", "turbo-rails", "app", "assets", "javascripts", "turbo.js")
+	p := startACApp(t)
+	stream := "Z2lkOi8vYXBwL1Jvb20vMQ:messages-" + uniqueID(t)
+	signed := actioncable.NewStreamVerifier(acTurboSecret).Sign(stream)
+
+	var cableURL string
+	mux := http.NewServeMux()
+	mux.HandleFunc("/turbo.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript")
+		http.ServeFile(w, r, turboJS)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><html><head><meta charset="utf-8">
+<meta name="action-cable-url" content="%s">
+<script type="module" src="/turbo.js"></script></head>
+<body><div id="messages"></div>
+<turbo-cable-stream-source channel="Turbo::StreamsChannel" signed-stream-name="%s"></turbo-cable-stream-source>
+</body></html>`, html.EscapeString(cableURL), html.EscapeString(signed))
+	})
+	site := httptest.NewServer(mux)
+	t.Cleanup(site.Close)
+	c := StartCablecar(t, CablecarOptions{Upstream: p.Upstream,
+		Config: acConfig(map[string]any{"websocket.allowed_origins": []string{site.URL}})})
+	cableURL = wsURL(c.URL) + "/cable"
+	b := StartBrowser(t)
+
+	page := b.NewPage("turbo")
+	page.Do("opening the page", chromedp.Navigate(site.URL+"/"))
+	page.WaitJS("the stream source connected", `document.querySelector("turbo-cable-stream-source").hasAttribute("connected")`)
+	turboStream := `<turbo-stream action="append" target="messages"><template><p id="m1">hello from Cablecar</p></template></turbo-stream>`
+	MustAdminPost(t, c, "/publish", map[string]any{"channel": stream, "data": turboStream}, "")
+	page.WaitJS("the Turbo Stream applied", `(document.getElementById("m1") || {}).textContent === "hello from Cablecar"`)
+	page.Screenshot("actioncable-browser-turbo.png")
+	// No webhook: the app saw the accept and nothing else.
+	for _, id := range acAllConns(t, p) {
+		for _, ev := range acEvents(t, p, id) {
+			if ev["type"] == "subscribe" {
+				t.Fatalf("event %v reached the app; the fast lane answers alone", ev)
+			}
+		}
+	}
+}
+
+func acAllConns(t *testing.T, p *Puma) []string {
+	var conns struct {
+		Conns []string `json:"conns"`
+	}
+	acGet(t, p, "/_conns", &conns)
+	return conns.Conns
 }
