@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -22,7 +23,20 @@ type hubAC struct {
 	lane     *actioncable.FastLane
 	metrics  *acMetrics
 	nextPing time.Time // the heartbeat goroutine's own
+	// live counts the hub's ActionCable connections, so that a node
+	// without any spends nothing on them per broadcast.
+	live atomic.Int64
 }
+
+// counted adds d to the count of ActionCable connections if c is one.
+func (a *hubAC) counted(c *Conn, d int64) {
+	if a != nil && c.ac != nil {
+		a.live.Add(d)
+	}
+}
+
+// any says whether the hub has ActionCable connections.
+func (a *hubAC) any() bool { return a != nil && a.live.Load() > 0 }
 
 func newHubAC(cfg ActionCableConfig, reg prometheus.Registerer) *hubAC {
 	every := cfg.PingInterval

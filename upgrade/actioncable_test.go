@@ -32,6 +32,7 @@ func acHub(t *testing.T, b pubsub.Broker) *Hub {
 func (h *Hub) acConn(id string) *Conn {
 	c := h.bareConn(id)
 	c.ac = newACConn(actioncable.V1)
+	h.add(c)
 	return c
 }
 

@@ -38,7 +38,7 @@ func (h *Hub) Deliver(m pubsub.Message) {
 	}
 	s.mu.RUnlock()
 	targets := *sp
-	if len(targets) > 0 {
+	if len(targets) > 0 && h.ac.any() {
 		targets = h.acDeliver(m, targets) // ActionCable connections: actioncable_hub.go
 	}
 	if len(targets) > 0 {

@@ -109,6 +109,7 @@ func (h *Hub) add(c *Conn) bool {
 	s.mu.Lock()
 	s.conns[c.id] = c
 	s.mu.Unlock()
+	h.ac.counted(c, 1)
 	h.live.Add(1)
 	h.metrics.open.Inc()
 	return true
@@ -122,6 +123,7 @@ func (h *Hub) remove(c *Conn) {
 	delete(s.conns, c.id)
 	s.mu.Unlock()
 	if ok {
+		h.ac.counted(c, -1)
 		h.metrics.open.Dec()
 		h.live.Done()
 	}
