@@ -244,6 +244,7 @@ func (a *api) send(ctx context.Context, body []byte) (any, error) {
 		Connection string  `json:"connection"`
 		Data       *string `json:"data"`
 		Binary     bool    `json:"binary"`
+		Identifier string  `json:"identifier"` // an ActionCable subscription (SPEC §9)
 	}
 	if err := strictJSON(body, &in); err != nil {
 		return nil, err
@@ -255,7 +256,8 @@ func (a *api) send(ctx context.Context, body []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandSend, Connection: in.Connection, Data: data, Binary: in.Binary})
+	err = a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandSend, Connection: in.Connection, Data: data, Binary: in.Binary,
+		Identifier: in.Identifier})
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +269,9 @@ func (a *api) close(ctx context.Context, body []byte) (any, error) {
 		Connection string `json:"connection"`
 		Code       *int   `json:"code"`
 		Reason     string `json:"reason"`
+		// Reconnect false tells an ActionCable client not to come back
+		// (SPEC §9); default true.
+		Reconnect *bool `json:"reconnect"`
 	}
 	if err := strictJSON(body, &in); err != nil {
 		return nil, err
@@ -284,7 +289,8 @@ func (a *api) close(ctx context.Context, body []byte) (any, error) {
 	if len(in.Reason) > 123 || !utf8.ValidString(in.Reason) {
 		return nil, badRequest("\"reason\" must be valid UTF-8 of at most 123 bytes")
 	}
-	err := a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandClose, Connection: in.Connection, Code: code, Reason: in.Reason})
+	err := a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandClose, Connection: in.Connection, Code: code, Reason: in.Reason,
+		NoReconnect: in.Reconnect != nil && !*in.Reconnect})
 	if err != nil {
 		return nil, err
 	}

@@ -58,12 +58,12 @@ func appendBody(dst []byte, id string, info ConnInfo, batch []queued) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendEvent(dst, id, &batch[i])
+		dst = appendEvent(dst, id, &batch[i], info.ChannelStates)
 	}
 	return append(dst, "]}"...)
 }
 
-func appendEvent(dst []byte, connID string, q *queued) []byte {
+func appendEvent(dst []byte, connID string, q *queued, states map[string]string) []byte {
 	ev := &q.ev
 	dst = append(dst, `{"id":`...)
 	// The id is "<connection id>:<n>": escape the connection id, then the
@@ -92,6 +92,7 @@ func appendEvent(dst []byte, connID string, q *queued) []byte {
 		dst = append(dst, `,"by":`...)
 		dst = jsontext.AppendString(dst, ev.By)
 	}
+	dst = appendActionCable(dst, ev, states)
 	return append(dst, '}')
 }
 

@@ -83,6 +83,10 @@ func (c *Client) PostLost(rec registry.ConnRecord, ev Event, stop <-chan struct{
 		n = hc.N
 		ev = Event{Type: EventClose, Code: hc.Code, Reason: hc.Reason, By: hc.By}
 	}
+	if rec.ActionCable {
+		// The app runs unsubscribed for each (SPEC §9).
+		ev.Identifiers = append([]string{}, rec.Identifiers...)
+	}
 	info := ConnInfo{ID: rec.ID, State: rec.State, Channels: rec.Channels, Claims: rec.Claims}
 	// Not counted by c.Wait: shutdown does not wait for another node's
 	// close events, whose records stay in Redis for a survivor.

@@ -37,6 +37,9 @@ type Publication struct {
 type CloseRequest struct {
 	Code   int
 	Reason string
+	// NoReconnect: the close object's "reconnect" was false, which an
+	// ActionCable client is told in its disconnect frame (SPEC §9).
+	NoReconnect bool
 }
 
 // Reply is what the app asked for in answer to a batch of events. Every
@@ -48,12 +51,15 @@ type Reply struct {
 	Publish     []Publication
 	State       *string       // nil = unchanged
 	Close       *CloseRequest // nil = stay open
+	// ActionCable is what a reply to an ActionCable connection may add
+	// (SPEC §9); nil when it adds nothing.
+	ActionCable *ACReply
 }
 
 // Empty reports whether the reply asks for nothing.
 func (r *Reply) Empty() bool {
 	return len(r.Send) == 0 && len(r.Subscribe) == 0 && len(r.Unsubscribe) == 0 &&
-		len(r.Publish) == 0 && r.State == nil && r.Close == nil
+		len(r.Publish) == 0 && r.State == nil && r.Close == nil && r.ActionCable == nil
 }
 
 // Messages is the reply's publish as broker messages. except is the
@@ -107,6 +113,7 @@ func ParseReply(contentType, body []byte) (*Reply, error) {
 		Publish     json.RawMessage `json:"publish"`
 		State       json.RawMessage `json:"state"`
 		Close       json.RawMessage `json:"close"`
+		acRaw
 	}
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return nil, invalid("body", "is not valid JSON: "+err.Error())
@@ -129,6 +136,9 @@ func ParseReply(contentType, body []byte) (*Reply, error) {
 		return nil, err
 	}
 	if r.Close, err = parseClose(raw.Close); err != nil {
+		return nil, err
+	}
+	if r.ActionCable, err = parseActionCable(&raw.acRaw); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -335,13 +345,21 @@ func parseClose(raw json.RawMessage) (*CloseRequest, error) {
 		return nil, invalid("close", `must be an object {"code": …, "reason": …}`)
 	}
 	var c struct {
-		Code   json.RawMessage `json:"code"`
-		Reason json.RawMessage `json:"reason"`
+		Code      json.RawMessage `json:"code"`
+		Reason    json.RawMessage `json:"reason"`
+		Reconnect json.RawMessage `json:"reconnect"`
 	}
 	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, invalid("close", "is not a valid object")
 	}
-	cr := &CloseRequest{Code: 1000}
+	if isNull(c.Reconnect) {
+		c.Reconnect = json.RawMessage("true")
+	}
+	reconnect, err := boolean("close.reconnect", c.Reconnect)
+	if err != nil {
+		return nil, err
+	}
+	cr := &CloseRequest{Code: 1000, NoReconnect: !reconnect}
 	if !isNull(c.Code) {
 		if err := json.Unmarshal(c.Code, &cr.Code); err != nil {
 			return nil, invalid("close.code", "must be an integer")

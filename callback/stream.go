@@ -29,6 +29,10 @@ type Event struct {
 	Code   int    // close only
 	Reason string // close only
 	By     string // close only: client, app, timeout, slow, rate_limit, too_big, protocol, expired, upstream, shutdown, node_lost, error
+
+	// ActionCable connections (SPEC §9; actioncable.go).
+	Identifier  string   // subscribe, perform, unsubscribe: the subscription
+	Identifiers []string // close only: the subscriptions still held; nil on other connections
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken
@@ -38,6 +42,9 @@ type ConnInfo struct {
 	State    string
 	Channels []string
 	Claims   json.RawMessage // nil → omitted
+	// ChannelStates are an ActionCable connection's channel_state per
+	// identifier (SPEC §9), for the events about one; nil elsewhere.
+	ChannelStates map[string]string
 }
 
 // Target is the connection a Stream delivers for.

@@ -14,18 +14,23 @@ import (
 //	byte 0    'C'  (Cablecar)
 //	byte 1    '1'  (version)
 //	byte 2    kind: 'm' broadcast, 's' send to a connection, 'c' close it
-//	byte 3    flags: bit 0 set = binary payload
+//	byte 3    flags: bit 0 set = binary payload; bit 1 ('c') = the
+//	          ActionCable client is told not to reconnect; bit 2 ('s') =
+//	          an ActionCable identifier follows the id
 //	uvarint   length of the connection id, then the id (for 'm': the
 //	          connection left out, may be empty)
+//	uvarint   length of the identifier, then it (for 's' with bit 2 only)
 //	uvarint   close code (for 'c' only)
 //	rest      the payload (for 'c': the close reason)
 const (
-	envMagic   = 'C'
-	envVersion = '1'
-	kindMsg    = 'm'
-	kindSend   = 's'
-	kindClose  = 'c'
-	flagBinary = 1
+	envMagic        = 'C'
+	envVersion      = '1'
+	kindMsg         = 'm'
+	kindSend        = 's'
+	kindClose       = 'c'
+	flagBinary      = 1
+	flagNoReconnect = 2
+	flagIdentifier  = 4
 )
 
 func encodeMessage(m *Message) []byte {
@@ -34,7 +39,18 @@ func encodeMessage(m *Message) []byte {
 
 func encodeCommand(c *Command) []byte {
 	if c.Kind == CommandClose {
-		return appendEnvelope(nil, kindClose, false, c.Connection, c.Code, []byte(c.Reason))
+		b := appendEnvelope(nil, kindClose, false, c.Connection, c.Code, []byte(c.Reason))
+		if c.NoReconnect {
+			b[3] |= flagNoReconnect
+		}
+		return b
+	}
+	if c.Identifier != "" {
+		b := appendEnvelope(nil, kindSend, c.Binary, c.Connection, 0, nil)
+		b[3] |= flagIdentifier
+		b = binary.AppendUvarint(b, uint64(len(c.Identifier)))
+		b = append(b, c.Identifier...)
+		return append(b, c.Data...)
 	}
 	return appendEnvelope(nil, kindSend, c.Binary, c.Connection, 0, c.Data)
 }
@@ -56,6 +72,8 @@ func appendEnvelope(b []byte, kind byte, bin bool, id string, code int, payload 
 type envelope struct {
 	kind    byte
 	binary  bool
+	flags   byte
+	ident   string
 	id      string
 	code    int
 	payload []byte
@@ -68,7 +86,7 @@ func decodeEnvelope(b []byte) (envelope, error) {
 	if len(b) < 4 || b[0] != envMagic || b[1] != envVersion {
 		return e, errEnvelope
 	}
-	e.kind, e.binary = b[2], b[3]&flagBinary != 0
+	e.kind, e.binary, e.flags = b[2], b[3]&flagBinary != 0, b[3]
 	b = b[4:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)-k) {
@@ -81,6 +99,13 @@ func decodeEnvelope(b []byte) (envelope, error) {
 			return e, fmt.Errorf("%w: bad close code", errEnvelope)
 		}
 		e.code, b = int(code), b[k:]
+	}
+	if e.kind == kindSend && e.flags&flagIdentifier != 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return e, fmt.Errorf("%w: bad identifier length", errEnvelope)
+		}
+		e.ident, b = string(b[k:k+int(n)]), b[k+int(n):]
 	}
 	e.payload = b
 	return e, nil
@@ -104,9 +129,10 @@ func decodeCommand(b []byte) (Command, error) {
 	}
 	switch e.kind {
 	case kindSend:
-		return Command{Kind: CommandSend, Connection: e.id, Data: e.payload, Binary: e.binary}, nil
+		return Command{Kind: CommandSend, Connection: e.id, Data: e.payload, Binary: e.binary, Identifier: e.ident}, nil
 	case kindClose:
-		return Command{Kind: CommandClose, Connection: e.id, Code: e.code, Reason: string(e.payload)}, nil
+		return Command{Kind: CommandClose, Connection: e.id, Code: e.code, Reason: string(e.payload),
+			NoReconnect: e.flags&flagNoReconnect != 0}, nil
 	}
 	return Command{}, fmt.Errorf("%w: kind %q on a node channel", errEnvelope, e.kind)
 }

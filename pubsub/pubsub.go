@@ -39,6 +39,11 @@ type Command struct {
 	Binary     bool
 	Code       int
 	Reason     string
+	// ActionCable connections (SPEC §9): a send with Identifier reaches
+	// that subscription as {"identifier":I,"message":…}; a close with
+	// NoReconnect tells the client not to come back.
+	Identifier  string
+	NoReconnect bool
 }
 
 // Sink is the node side of a broker: where deliveries go. Its methods must

@@ -18,6 +18,11 @@ type ConnRecord struct {
 	State    string          `json:"state,omitempty"`
 	Channels []string        `json:"channels,omitempty"`
 	Claims   json.RawMessage `json:"claims,omitempty"`
+	// ActionCable: the connection speaks ActionCable (SPEC §9), and
+	// Identifiers are the subscriptions it holds, which its close event
+	// lists.
+	ActionCable bool     `json:"ac,omitempty"`
+	Identifiers []string `json:"identifiers,omitempty"`
 	// Close is the close event its node numbered and had not delivered
 	// yet (the connection ended, or the node shut down with the app
 	// away, SPEC §5): a survivor posts this one, same id, rather than a

@@ -104,5 +104,10 @@ func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Confi
 		ForwardHeaders: cfg.Callback.ForwardHeaders,
 		// The token's exp is checked after the handshake too.
 		JWTLeeway: cfg.Auth.JWT.Leeway,
+		ActionCable: upgrade.ActionCableConfig{
+			PingInterval:       cfg.ActionCable.PingInterval,
+			TurboStreamsSecret: cfg.ActionCable.TurboStreamsSecret,
+			PublicStreams:      cfg.ActionCable.PublicStreams,
+		},
 	}
 }

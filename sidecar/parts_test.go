@@ -20,12 +20,8 @@ var notInParts = map[string]string{
 	"admin.api_key":    "New: admin.Server.EnableAPI",
 	"log.level":        "NewLogger",
 	"log.format":       "NewLogger",
-	// Read and validated, not acted on yet: ActionCable connections come
-	// with issue 14 part B, which hands these to upgrade.
-	"actioncable.ping_interval":        "not acted on yet (issue 14 part B)",
-	"actioncable.turbo_streams_secret": "not acted on yet (issue 14 part B)",
-	"actioncable.public_streams":       "not acted on yet (issue 14 part B)",
-	"actioncable.session_ttl":          "not acted on yet (issue 14 part B)",
+	// Read and validated, not acted on yet: session restore is SPEC §10.
+	"actioncable.session_ttl": "not acted on yet (SPEC §10)",
 }
 
 // Every config key changes what some part is given, or is listed in

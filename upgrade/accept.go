@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/cablecar/cablecar/actioncable"
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/proxy"
@@ -107,12 +108,19 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	log = log.Dur("accept_duration", time.Since(start))
 
 	if st := resp.StatusCode(); st < 200 || st > 299 {
+		if (st == fasthttp.StatusUnauthorized || st == fasthttp.StatusForbidden) &&
+			s.acRefuse(ctx, actioncable.ReasonUnauthorized, log) {
+			return
+		}
 		s.relay(ctx, resp)
 		s.metrics.upgrades.WithLabelValues("rejected", "app").Inc()
 		log.Int("status", st).Msg("websocket rejected by the app")
 		return
 	}
 	if !bytes.EqualFold(bytes.TrimSpace(resp.Header.Peek("Cablecar-Accept")), []byte("websocket")) {
+		if s.acRefuse(ctx, actioncable.ReasonUnauthorized, log) {
+			return
+		}
 		s.refuse(ctx, fasthttp.StatusForbidden, "not_accepted",
 			"403 Forbidden: the app did not accept this WebSocket", log)
 		return
@@ -145,6 +153,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	if c.eventsPath == "" {
 		c.eventsPath = requestURI
 	}
+	s.acAccepted(c, &acc) // ActionCable: welcome first (actioncable_accept.go)
 	if body := resp.Body(); len(body) > 0 {
 		c.enqueue(outgoing{data: bytes.Clone(body), size: len(body)})
 	}
@@ -297,6 +306,9 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx, log *zerolog.Event) (aut
 		if v.Required() {
 			// RFC 6750 §3.1: a request without a token gets the challenge
 			// alone; it did not fail, so no error code.
+			if s.acRefuse(ctx, actioncable.ReasonUnauthorized, log) {
+				return auth.Claims{}, false
+			}
 			ctx.Response.Header.Set("WWW-Authenticate", "Bearer")
 			s.refuse(ctx, fasthttp.StatusUnauthorized, "jwt", "401 Unauthorized: token required",
 				log.Str("jwt", "token required"))
@@ -333,6 +345,13 @@ const jwksRetryAfter = "5"
 // unauthorized refuses a token that was found bad. reason is a
 // VerifyError's: a fixed phrase, safe in a header, never the token.
 func (s *Server) unauthorized(ctx *fasthttp.RequestCtx, reason string, log *zerolog.Event) {
+	acReason := actioncable.ReasonUnauthorized
+	if reason == auth.ReasonExpired {
+		acReason = actioncable.ReasonTokenExpired
+	}
+	if s.acRefuse(ctx, acReason, log) {
+		return
+	}
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+reason+`"`)
 	s.refuse(ctx, fasthttp.StatusUnauthorized, "jwt", "401 Unauthorized: "+reason, log.Str("jwt", reason))
 }

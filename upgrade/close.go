@@ -42,6 +42,9 @@ func (c *Conn) closeWithin(code int, reason, by string, wait time.Duration) {
 		// event.
 		wait = min(wait, slowCloseWait)
 	}
+	if c.ac != nil {
+		c.acDisconnectLocked(by)
+	}
 	c.kickLocked()
 	c.mu.Unlock()
 	c.closeBy.Store(time.Now().Add(wait).UnixNano())

@@ -58,6 +58,7 @@ type Conn struct {
 	events eventSet
 	claims json.RawMessage
 	stream *callback.Stream
+	ac     *acConn // ActionCable (actioncable.go); nil on a plain WebSocket
 
 	// ws is nil until the 101 has been written. The heartbeat reads it
 	// without the lock, hence atomic.
@@ -158,7 +159,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 		c.mu.Lock()
 		t.Track(registry.ConnRecord{ID: c.id, Path: c.eventsPath, Headers: c.eventHeaders,
 			State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims,
-			NoClose: !c.events.has(eventClose)})
+			NoClose: !c.events.has(eventClose), ActionCable: c.ac != nil, Identifiers: c.acIdentifiers()})
 		c.mu.Unlock()
 	}
 	// Before the socket is handed to the writer: what the client is sent
@@ -223,7 +224,7 @@ func (c *Conn) teardown() {
 			id := c.id
 			untrack = func() { t.Untrack(id) }
 		}
-		c.stream.PushClose(callback.Event{Code: code, Reason: end.reason, By: end.by}, untrack)
+		c.stream.PushClose(callback.Event{Code: code, Reason: end.reason, By: end.by, Identifiers: c.acIdentifiers()}, untrack)
 	} else {
 		if t := c.hub.cfg.Tracker; t != nil {
 			t.Untrack(c.id)
@@ -256,13 +257,19 @@ func (c *Conn) abandon() {
 // Info is the connection as the events of a webhook describe it.
 func (c *Conn) Info() callback.ConnInfo {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return callback.ConnInfo{ID: c.id, State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims}
+	info := callback.ConnInfo{ID: c.id, State: c.state, Channels: slices.Clone(c.channels), Claims: c.claims}
+	c.mu.Unlock()
+	info.ChannelStates = c.acStates()
+	return info
 }
 
 // Apply carries out the app's reply to a batch of events, in the reply's
 // field order: state, unsubscribe, subscribe, send, publish, close.
 func (c *Conn) Apply(r *callback.Reply) {
+	if c.ac != nil {
+		c.acApply(r)
+		return
+	}
 	if r.State != nil {
 		c.mu.Lock()
 		c.state = *r.State

@@ -10,6 +10,7 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/cablecar/cablecar/actioncable"
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/pubsub"
 )
@@ -38,6 +39,7 @@ type Hub struct {
 	seed    maphash.Seed
 
 	shards [shardCount]shard
+	ac     *hubAC // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
 	chans  [chanShardCount]chanShard
 
 	// pending are the channels whose Subscribe failed (the broker was
@@ -107,6 +109,7 @@ func (h *Hub) add(c *Conn) bool {
 	s.mu.Lock()
 	s.conns[c.id] = c
 	s.mu.Unlock()
+	h.ac.counted(c, 1)
 	h.live.Add(1)
 	h.metrics.open.Inc()
 	return true
@@ -120,6 +123,7 @@ func (h *Hub) remove(c *Conn) {
 	delete(s.conns, c.id)
 	s.mu.Unlock()
 	if ok {
+		h.ac.counted(c, -1)
 		h.metrics.open.Dec()
 		h.live.Done()
 	}
@@ -153,8 +157,12 @@ func (h *Hub) Execute(cmd pubsub.Command) bool {
 	}
 	switch cmd.Kind {
 	case pubsub.CommandSend:
+		if c.acSendCommand(cmd) { // ActionCable: actioncable_hub.go
+			break
+		}
 		c.enqueue(outgoing{data: cmd.Data, binary: cmd.Binary, size: len(cmd.Data)})
 	case pubsub.CommandClose:
+		c.acSetDisconnect(actioncable.ReasonRemote, !cmd.NoReconnect) // ActionCable: actioncable.go
 		c.closeWith(cmd.Code, cmd.Reason, ByApp)
 	}
 	return true
@@ -200,6 +208,7 @@ func (h *Hub) start() {
 // is held only while its connections are copied out.
 func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
 	n := now.UnixNano()
+	acPing := h.ac.ping(now)
 	for i := range h.shards {
 		s := &h.shards[i]
 		batch = batch[:0]
@@ -210,6 +219,9 @@ func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
 		s.mu.RUnlock()
 		for _, c := range batch {
 			c.heartbeat(n)
+			if acPing != nil {
+				c.acPing(acPing)
+			}
 		}
 	}
 	clear(batch)

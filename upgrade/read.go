@@ -77,6 +77,10 @@ func (c *Conn) readLoop(ws *websocket.Conn) {
 			c.closeWith(websocket.CloseInvalidFramePayloadData, "invalid UTF-8", ByProtocol)
 			continue
 		}
+		if c.ac != nil {
+			c.acCommand(data, binary) // actioncable.go
+			continue
+		}
 		if !c.events.has(eventMessage) {
 			continue
 		}

@@ -46,6 +46,8 @@ type Config struct {
 	// Tracker, when set, keeps a record of the live connections where
 	// other nodes can post their close events should this one die.
 	Tracker Tracker
+	// ActionCable is the actioncable section (SPEC §9).
+	ActionCable ActionCableConfig
 
 	// Zero means the default noted.
 	WriteTimeout     time.Duration // one batch of writes to a client: 10s
@@ -110,6 +112,7 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, cb *callback
 	}
 	s.hub = newHub(cfg, log, broker, m)
 	s.hub.cb = cb
+	s.hub.ac = newHubAC(cfg.ActionCable, reg)
 	s.upgrader = websocket.FastHTTPUpgrader{
 		// The fasthttp connection's own buffered reader sits below ours,
 		// so a small one suffices; write buffers are pooled and held only

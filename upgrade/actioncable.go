@@ -1,0 +1,471 @@
+package upgrade
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cablecar/cablecar/actioncable"
+	"github.com/cablecar/cablecar/callback"
+)
+
+// ActionCable connections (SPEC §9): those whose accept chose
+// actioncable-v1-json. Cablecar speaks the protocol on them — welcome,
+// pings, confirmations, messages per subscription, a disconnect before
+// every close — and turns the client's commands into events.
+//
+// Subscriptions are per (connection, identifier), streams per
+// subscription. The hub's membership stays per channel → connections: a
+// connection is a member of channel S while one of its subscriptions
+// streams S (or a reply's plain subscribe asked for S), and the
+// connection keeps, per stream, the identifiers that stream it, so that a
+// broadcast to S becomes one frame per identifier (actioncable_deliver.go).
+
+// ActionCableConfig is the actioncable section (SPEC §7, §9).
+type ActionCableConfig struct {
+	PingInterval       time.Duration // the protocol's ping; 0 = 3s
+	TurboStreamsSecret string        // the Turbo fast lane's key; "" = off
+	PublicStreams      bool          // $pubsub public streams confirmed by Cablecar
+}
+
+// acConn is an ActionCable connection's protocol state.
+type acConn struct {
+	proto actioncable.Protocol
+
+	// opMu orders the changes of subscriptions and streams, the hub joins
+	// and leaves they make included, which happen outside mu: the read
+	// loop (commands) and the event stream (replies) both make them, and a
+	// leave overtaking the join it follows would leave a member behind.
+	opMu sync.Mutex
+	// mu guards the maps; deliveries read them.
+	mu      sync.RWMutex
+	subs    map[string]*acSub   // identifier → its subscription
+	order   []string            // identifiers, in the order subscribed
+	streams map[string][]string // stream → the identifiers streaming it
+	plain   map[string]struct{} // channels a reply's subscribe joined: delivered verbatim
+
+	// The disconnect frame the next close gives, when its closer knows
+	// better than its "by" (an app's close reply, admin /close). Guarded
+	// by the Conn's mu.
+	disc *acDisconnect
+}
+
+type acSub struct {
+	state    string
+	hasState bool
+	streams  []string
+}
+
+type acDisconnect struct {
+	reason    string
+	reconnect bool
+}
+
+func newACConn(p actioncable.Protocol) *acConn {
+	return &acConn{proto: p, subs: map[string]*acSub{}, streams: map[string][]string{}}
+}
+
+// acMetrics count what ActionCable clients send that is not carried out.
+type acMetrics struct {
+	malformed *prometheus.CounterVec // reason
+}
+
+func newACMetrics(reg prometheus.Registerer) *acMetrics {
+	m := &acMetrics{malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_actioncable_malformed_commands_total",
+		Help: "ActionCable commands ignored, by reason (not_json, unknown_command, bad_identifier, bad_data, not_subscribed, already_subscribed…).",
+	}, []string{"reason"})}
+	reg.MustRegister(m.malformed)
+	return m
+}
+
+// acProtocol says whether an accept's chosen subprotocol makes the
+// connection an ActionCable one.
+func acProtocol(chosen string) (actioncable.Protocol, bool) {
+	// The ext protocol is spoken once history and restore are (§10).
+	return actioncable.ParseProtocol(chosen, false)
+}
+
+// send queues a frame of this connection alone.
+func (c *Conn) acSend(frame []byte) {
+	c.enqueue(outgoing{data: frame, size: len(frame)})
+}
+
+// acCommand handles one frame from an ActionCable client. A malformed
+// command is counted and ignored, as ActionCable does.
+func (c *Conn) acCommand(data []byte, binary bool) {
+	if binary {
+		c.acMalformed(actioncable.NotJSON.String())
+		return
+	}
+	cmd, err := actioncable.ParseCommand(data)
+	if err != nil {
+		why := "not_json"
+		if pe, ok := err.(*actioncable.ParseError); ok {
+			why = pe.Why.String()
+		}
+		c.log.Debug().Err(err).Msg("actioncable: command ignored")
+		c.acMalformed(why)
+		return
+	}
+	ac := c.ac
+	switch cmd.Kind {
+	case actioncable.Subscribe:
+		if c.acSubscribed(cmd.Identifier) {
+			// ActionCable logs "Already subscribed" and goes on.
+			c.acMalformed("already_subscribed")
+			return
+		}
+		if v := c.hub.ac.lane.Decide(cmd.Identifier); v.Lane != actioncable.ToApp {
+			c.acFastLane(cmd.Identifier, v)
+			return
+		}
+		ac.opMu.Lock()
+		c.acAddSub(cmd.Identifier)
+		ac.opMu.Unlock()
+		c.acPush(callback.Event{Type: callback.EventSubscribe, Identifier: cmd.Identifier})
+	case actioncable.Message:
+		if !c.acSubscribed(cmd.Identifier) {
+			c.acMalformed(actioncable.NotSubscribed.String())
+			return
+		}
+		c.acPush(callback.Event{Type: callback.EventPerform, Identifier: cmd.Identifier, Data: []byte(cmd.Data)})
+	case actioncable.Unsubscribe:
+		if !c.acSubscribed(cmd.Identifier) {
+			c.acMalformed(actioncable.NotSubscribed.String())
+			return
+		}
+		ac.opMu.Lock()
+		c.acDropSub(cmd.Identifier)
+		ac.opMu.Unlock()
+		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier})
+	default:
+		// The ext protocol's commands (history, pong, presence) are for
+		// ext connections, which are not spoken yet.
+		c.acMalformed(actioncable.UnknownCommand.String())
+	}
+}
+
+func (c *Conn) acMalformed(why string) {
+	c.hub.ac.metrics.malformed.WithLabelValues(why).Inc()
+}
+
+// acPush queues a command's event, when the app asked for them
+// (Cablecar-Events' message covers the commands).
+func (c *Conn) acPush(ev callback.Event) {
+	if !c.events.has(eventMessage) {
+		return
+	}
+	c.paused.Store(true)
+	c.stream.Push(ev)
+	c.paused.Store(false)
+	c.lastSeen.Store(time.Now().UnixNano())
+}
+
+// acFastLane answers a subscribe the Turbo fast lane decided.
+func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
+	if v.Lane == actioncable.Reject {
+		c.log.Debug().AnErr("why", v.Err).Msg("actioncable: signed stream rejected")
+		c.acSend(actioncable.AppendAck(nil, actioncable.RejectSubscription, id))
+		return
+	}
+	c.ac.opMu.Lock()
+	c.acAddSub(id)
+	c.acStream(id, v.Stream)
+	c.ac.opMu.Unlock()
+	c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
+}
+
+func (c *Conn) acSubscribed(id string) bool {
+	c.ac.mu.RLock()
+	_, ok := c.ac.subs[id]
+	c.ac.mu.RUnlock()
+	return ok
+}
+
+// acAddSub records a subscription. The caller holds opMu.
+func (c *Conn) acAddSub(id string) {
+	ac := c.ac
+	ac.mu.Lock()
+	if _, ok := ac.subs[id]; !ok {
+		ac.subs[id] = &acSub{}
+		ac.order = append(ac.order, id)
+	}
+	ac.mu.Unlock()
+	c.acTracked()
+}
+
+// acDropSub ends a subscription and its streams. The caller holds opMu.
+func (c *Conn) acDropSub(id string) {
+	ac := c.ac
+	ac.mu.Lock()
+	sub := ac.subs[id]
+	if sub == nil {
+		ac.mu.Unlock()
+		return
+	}
+	delete(ac.subs, id)
+	if i := slices.Index(ac.order, id); i >= 0 {
+		ac.order = slices.Delete(ac.order, i, i+1)
+	}
+	left := ac.unstreamLocked(id, sub, sub.streams)
+	ac.mu.Unlock()
+	c.unsubscribe(left...)
+	c.acTracked()
+}
+
+// acStream makes subscription id stream from stream, joining its channel
+// when it is the connection's first reason to. The caller holds opMu.
+func (c *Conn) acStream(id, stream string) {
+	ac := c.ac
+	ac.mu.Lock()
+	sub := ac.subs[id]
+	if sub == nil || slices.Contains(sub.streams, stream) {
+		ac.mu.Unlock()
+		if sub == nil {
+			c.log.Debug().Str("identifier", id).Msg("actioncable: stream for an identifier not subscribed: ignored")
+		}
+		return
+	}
+	sub.streams = append(sub.streams, stream)
+	_, plain := ac.plain[stream]
+	first := len(ac.streams[stream]) == 0 && !plain
+	ac.streams[stream] = append(ac.streams[stream], id)
+	ac.mu.Unlock()
+	if first {
+		if err := c.subscribe(stream); err != nil {
+			c.log.Warn().Err(err).Str("stream", stream).Msg("actioncable: streaming failed")
+		}
+	}
+}
+
+// acStopStream stops one stream of id, or all of them (stream ""). The
+// caller holds opMu.
+func (c *Conn) acStopStream(id, stream string) {
+	ac := c.ac
+	ac.mu.Lock()
+	sub := ac.subs[id]
+	if sub == nil {
+		ac.mu.Unlock()
+		return
+	}
+	stop := sub.streams
+	if stream != "" {
+		if !slices.Contains(sub.streams, stream) {
+			ac.mu.Unlock()
+			return
+		}
+		stop = []string{stream}
+	}
+	left := ac.unstreamLocked(id, sub, stop)
+	ac.mu.Unlock()
+	c.unsubscribe(left...)
+}
+
+// unstreamLocked takes streams off sub (of identifier id) and returns the
+// channels the connection no longer has a reason to be in.
+func (ac *acConn) unstreamLocked(id string, sub *acSub, streams []string) []string {
+	var left []string
+	for _, s := range slices.Clone(streams) {
+		if i := slices.Index(sub.streams, s); i >= 0 {
+			sub.streams = slices.Delete(sub.streams, i, i+1)
+		}
+		ids := ac.streams[s]
+		if i := slices.Index(ids, id); i >= 0 {
+			ids = slices.Delete(ids, i, i+1)
+		}
+		if len(ids) == 0 {
+			delete(ac.streams, s)
+			if _, plain := ac.plain[s]; !plain {
+				left = append(left, s)
+			}
+		} else {
+			ac.streams[s] = ids
+		}
+	}
+	return left
+}
+
+// acPlain joins or leaves channels a reply's subscribe or unsubscribe
+// names, delivered verbatim, minding the streams of the same names. The
+// caller holds opMu.
+func (c *Conn) acPlain(subscribe, unsubscribe []string) {
+	ac := c.ac
+	var join, leave []string
+	ac.mu.Lock()
+	for _, ch := range unsubscribe {
+		if _, ok := ac.plain[ch]; ok {
+			delete(ac.plain, ch)
+			if len(ac.streams[ch]) == 0 {
+				leave = append(leave, ch)
+			}
+		}
+	}
+	for _, ch := range subscribe {
+		if _, ok := ac.plain[ch]; ok {
+			continue
+		}
+		if ac.plain == nil {
+			ac.plain = map[string]struct{}{}
+		}
+		ac.plain[ch] = struct{}{}
+		if len(ac.streams[ch]) == 0 {
+			join = append(join, ch)
+		}
+	}
+	ac.mu.Unlock()
+	c.unsubscribe(leave...)
+	if err := c.subscribe(join...); err != nil {
+		c.log.Warn().Err(err).Msg("subscribe from the app's reply failed")
+	}
+}
+
+// acIdentifiers are the subscriptions held, for the close event and the
+// registry; nil on other connections.
+func (c *Conn) acIdentifiers() []string {
+	if c.ac == nil {
+		return nil
+	}
+	c.ac.mu.RLock()
+	defer c.ac.mu.RUnlock()
+	return append([]string{}, c.ac.order...)
+}
+
+// acStates are the channel_state of each subscription that has one.
+func (c *Conn) acStates() map[string]string {
+	if c.ac == nil {
+		return nil
+	}
+	c.ac.mu.RLock()
+	defer c.ac.mu.RUnlock()
+	var out map[string]string
+	for id, sub := range c.ac.subs {
+		if sub.hasState {
+			if out == nil {
+				out = make(map[string]string, len(c.ac.subs))
+			}
+			out[id] = sub.state
+		}
+	}
+	return out
+}
+
+// identifierTracker is a Tracker that also records an ActionCable
+// connection's identifiers (registry.Registry), so that a survivor's
+// node_lost close event lists them.
+type identifierTracker interface {
+	UpdateIdentifiers(id string, identifiers []string)
+}
+
+func (c *Conn) acTracked() {
+	t, ok := c.hub.cfg.Tracker.(identifierTracker)
+	if !ok || c.ws.Load() == nil {
+		return
+	}
+	t.UpdateIdentifiers(c.id, c.acIdentifiers())
+}
+
+// acApply carries out a reply to an ActionCable connection: state and
+// channel_state first (the events that follow carry them), then plain
+// unsubscribe and subscribe, stop_stream and stream (joined before any
+// confirm goes out, so that what is published after the client saw its
+// confirmation reaches it), reject, confirm, transmit, send, publish,
+// close.
+func (c *Conn) acApply(r *callback.Reply) {
+	ac := c.ac
+	if r.State != nil {
+		c.mu.Lock()
+		c.state = *r.State
+		c.trackedLocked()
+		c.mu.Unlock()
+	}
+	x := r.ActionCable
+	if x == nil {
+		x = &callback.ACReply{}
+	}
+	if len(x.ChannelState) > 0 {
+		ac.mu.Lock()
+		for id, st := range x.ChannelState {
+			if sub := ac.subs[id]; sub != nil {
+				sub.state, sub.hasState = st, true
+			}
+		}
+		ac.mu.Unlock()
+	}
+	ac.opMu.Lock()
+	if len(r.Subscribe) > 0 || len(r.Unsubscribe) > 0 {
+		c.acPlain(r.Subscribe, r.Unsubscribe)
+	}
+	for _, s := range x.StopStream {
+		c.acStopStream(s.Identifier, s.Stream)
+	}
+	for _, s := range x.Stream {
+		c.acStream(s.Identifier, s.Stream)
+	}
+	for _, id := range x.Reject {
+		c.acDropSub(id)
+	}
+	ac.opMu.Unlock()
+	for _, id := range x.Reject {
+		c.acSend(actioncable.AppendAck(nil, actioncable.RejectSubscription, id))
+	}
+	for _, id := range x.Confirm {
+		if c.acSubscribed(id) {
+			c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
+		} else {
+			c.log.Debug().Str("identifier", id).Msg("actioncable: confirm for an identifier not subscribed: ignored")
+		}
+	}
+	for _, t := range x.Transmit {
+		c.acSend(actioncable.AppendMessage(nil, t.Identifier, t.Message, true))
+	}
+	for _, f := range r.Send {
+		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
+	}
+	if msgs := r.Messages(c.id); len(msgs) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
+		if err := c.hub.broker.Publish(ctx, msgs...); err != nil {
+			c.log.Warn().Err(err).Msg("publish from the app's reply failed")
+		}
+		cancel()
+	}
+	if cl := r.Close; cl != nil {
+		c.acSetDisconnect(cl.Reason, !cl.NoReconnect)
+		c.closeWith(cl.Code, cl.Reason, ByApp)
+	}
+}
+
+// acSetDisconnect sets the disconnect frame of the close about to be
+// made, unless the end is decided already.
+func (c *Conn) acSetDisconnect(reason string, reconnect bool) {
+	if c.ac == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.end == nil {
+		c.ac.disc = &acDisconnect{reason: reason, reconnect: reconnect}
+	}
+	c.mu.Unlock()
+}
+
+// acDisconnectLocked queues the disconnect frame of a close Cablecar
+// makes, after what is queued and before the close frame, past the
+// queue's bounds (it is the last frame). The caller holds c.mu.
+func (c *Conn) acDisconnectLocked(by string) {
+	d := c.ac.disc
+	if d == nil {
+		d = &acDisconnect{reason: by, reconnect: true}
+		switch by {
+		case ByExpired:
+			d = &acDisconnect{reason: actioncable.ReasonTokenExpired}
+		case ByShutdown, ByNodeLost:
+			d.reason = actioncable.ReasonServerRestart
+		}
+	}
+	frame := actioncable.AppendDisconnect(nil, d.reason, d.reconnect)
+	c.queue = append(c.queue, outgoing{data: frame, size: len(frame)})
+	c.queued.Add(int64(len(frame)))
+}
