@@ -61,9 +61,8 @@ type Conn struct {
 	// ws is nil until the 101 has been written. The heartbeat reads it
 	// without the lock, hence atomic.
 	ws atomic.Pointer[websocket.Conn]
-	// raw is the TCP connection under ws. fasthttp's hijacked wrapper
-	// ignores Close (the server closes it when the handler returns), so
-	// cutting a socket from outside the read loop needs the real one.
+	// raw is the TCP connection under ws: cutting a socket from outside
+	// the read loop closes it.
 	raw net.Conn
 
 	// Where and with what this connection's events are posted.
@@ -166,8 +165,10 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	c.raw = ws.NetConn()
-	if u, ok := c.raw.(interface{ UnsafeConn() net.Conn }); ok {
-		c.raw = u.UnsafeConn()
+	if u, ok := c.raw.(interface{ NetConn() net.Conn }); ok {
+		// The library's wrapper of a socket from which the client sent
+		// before the 101 (upgrader.complete).
+		c.raw = u.NetConn()
 	}
 	c.ws.Store(ws)
 	c.kickLocked()

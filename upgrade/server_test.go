@@ -149,7 +149,7 @@ func startNodeWith(t testing.TB, app *fakeApp, cfg Config, broker pubsub.Broker)
 	if err != nil {
 		t.Fatal(err)
 	}
-	front := &fasthttp.Server{Handler: s.ServeHTTP}
+	front := &fasthttp.Server{Handler: s.ServeHTTP, KeepHijackedConns: true}
 	go front.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
