@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fasthttp/websocket"
@@ -96,6 +98,10 @@ type Conn struct {
 	// The read loop's own.
 	tokens   float64
 	tokensAt int64
+	br       *bufio.Reader   // what the library reads the socket through; nil = not ours to watch
+	rc       syscall.RawConn // raw's, to wait until it is readable
+	readable func(fd uintptr) bool
+	peek     [1]byte
 }
 
 // awaitRecord lets the tracker's record of the connection reach Redis
@@ -165,10 +171,11 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	c.raw = ws.NetConn()
-	if u, ok := c.raw.(interface{ NetConn() net.Conn }); ok {
-		// The library's wrapper of a socket from which the client sent
-		// before the 101 (upgrader.complete).
-		c.raw = u.NetConn()
+	if w, ok := c.raw.(*wsConn); ok {
+		c.raw, c.br = w.Conn, w.br
+		if w.watch {
+			c.watchReadable()
+		}
 	}
 	c.ws.Store(ws)
 	c.kickLocked()
@@ -177,8 +184,11 @@ func (c *Conn) run(ws *websocket.Conn) {
 	if c.events.has(eventOpen) {
 		c.stream.Push(callback.Event{Type: callback.EventOpen})
 	}
+	if c.rc != nil {
+		go c.idle(ws)
+		return
+	}
 	c.readLoop(ws)
-	c.teardown()
 }
 
 // teardown runs once, when the read loop has ended.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,13 +32,25 @@ type upgrader struct {
 
 // readBufferSize is the connection's own read buffer, kept for its life:
 // enough for a control frame and a typical message without a second read,
-// small enough to cost little on an idle connection.
+// small enough to cost little on an idle connection. Over 256, or the
+// library would allocate one of its own.
 const readBufferSize = 512
+
+// wsConn is the socket under a WebSocket, with the buffered reader the
+// library reads it through.
+type wsConn struct {
+	net.Conn
+	br *bufio.Reader
+	// watch: the socket is the only source of data, so an empty br and a
+	// socket with nothing to read mean the client sent nothing yet.
+	watch bool
+}
 
 func newUpgrader(cfg Config) upgrader {
 	return upgrader{ws: websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
-		ReadBufferSize:   readBufferSize,
+		// 0: the library reads through the hijacked reader, wsConn.br.
+		ReadBufferSize: 0,
 		// Write buffers are pooled and held only while a message is written.
 		WriteBufferSize: 4096,
 		WriteBufferPool: &writePool,
@@ -96,12 +109,16 @@ func (u *upgrader) complete(hc net.Conn, req *http.Request, header http.Header) 
 		raw.Close()
 		return nil, err
 	}
-	// A client must wait for the 101 before it sends, but what one sent
-	// early is read first (the library reads it before the socket).
-	br := bufio.NewReaderSize(bytes.NewReader(early), max(len(early), 16))
-	br.Peek(len(early))
-	w := &hijacked{conn: raw, header: header,
-		brw: bufio.NewReadWriter(br, bufio.NewWriterSize(raw, 256))}
+	// The connection's read buffer is ours, so that the read loop can see
+	// when it is empty (readLoop). A client must wait for the 101 before it
+	// sends, but what one sent early is read first.
+	var src io.Reader = raw
+	if len(early) > 0 {
+		src = io.MultiReader(bytes.NewReader(early), raw)
+	}
+	conn := &wsConn{Conn: raw, br: bufio.NewReaderSize(src, readBufferSize), watch: len(early) == 0}
+	w := &hijacked{conn: conn, header: header,
+		brw: bufio.NewReadWriter(conn.br, bufio.NewWriterSize(raw, 256))}
 	ws, err := u.ws.Upgrade(w, req, header)
 	if err != nil {
 		raw.Close()
