@@ -101,6 +101,7 @@ type Conn struct {
 	br       *bufio.Reader   // what the library reads the socket through; nil = not ours to watch
 	rc       syscall.RawConn // raw's, to wait until it is readable
 	readable func(fd uintptr) bool
+	wait     func() // idle on this connection's socket
 	peek     [1]byte
 }
 
@@ -185,7 +186,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 		c.stream.Push(callback.Event{Type: callback.EventOpen})
 	}
 	if c.rc != nil {
-		go c.idle(ws)
+		go c.wait()
 		return
 	}
 	c.readLoop(ws)

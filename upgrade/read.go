@@ -70,7 +70,7 @@ func (c *Conn) readLoop(ws *websocket.Conn) {
 			return
 		}
 		if c.rc != nil && c.br.Buffered() == 0 {
-			go c.idle(ws)
+			go c.wait()
 			return
 		}
 	}
@@ -137,6 +137,9 @@ func (c *Conn) watchReadable() {
 		return
 	}
 	c.rc = rc
+	// Made once: a go statement with arguments would allocate a closure
+	// each time the connection goes idle, a few times a minute.
+	c.wait = func() { c.idle(c.ws.Load()) }
 	c.readable = func(fd uintptr) bool {
 		for {
 			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1,
