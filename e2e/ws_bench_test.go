@@ -179,6 +179,7 @@ func BenchmarkWSIdleMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.Logf("load before: %s", loadAvg())
 		rss0 := c.Metric("process_resident_memory_bytes")
+		goroutines0 := c.Metric("go_goroutines")
 		url := "ws" + c.URL[len("http"):] + "/ws/chat?subscribe=" + benchSubscribe(b, "bench") + "&events=close"
 		cmd := exec.Command(wsload, "-url", url, "-n", strconv.Itoa(n))
 		stdin, err := cmd.StdinPipe()
@@ -260,7 +261,7 @@ func BenchmarkWSIdleMemory(b *testing.B) {
 		b.ReportMetric((last.rss-from.rss)/(1<<20)/(last.at-from.at).Minutes(), "MiB/min-growth")
 		b.ReportMetric(perConn(last.heap), "heap-KiB/conn")
 		b.ReportMetric(perConn(last.stack), "stack-KiB/conn")
-		b.ReportMetric((last.gor-first.gor+float64(n))/float64(n), "goroutines/conn")
+		b.ReportMetric((last.gor-goroutines0)/float64(n), "goroutines/conn")
 		b.ReportMetric((last.cpu-first.cpu)/last.at.Seconds(), "server-CPU-s/s")
 		b.ReportMetric((done.User + done.System), "client-CPU-s")
 		b.Logf("%d connections held %v with pings every %v: RSS %.1f → %.1f MiB (%.1f before dialling); "+
