@@ -128,6 +128,11 @@ func NewServer(cfg Config, handler fasthttp.RequestHandler, log zerolog.Logger) 
 		IdleTimeout:                  cfg.ClientIdleTimeout,
 		CloseOnShutdown:              true,
 		Logger:                       fasthttpLogger{log},
+
+		// A WebSocket's hijack handler returns once the connection runs
+		// on its own goroutine, so that fasthttp's read buffer and request
+		// are freed (upgrade/hijack.go); the connection closes its socket.
+		KeepHijackedConns: true,
 	}
 }
 

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,9 +64,8 @@ type Conn struct {
 	// ws is nil until the 101 has been written. The heartbeat reads it
 	// without the lock, hence atomic.
 	ws atomic.Pointer[websocket.Conn]
-	// raw is the TCP connection under ws. fasthttp's hijacked wrapper
-	// ignores Close (the server closes it when the handler returns), so
-	// cutting a socket from outside the read loop needs the real one.
+	// raw is the TCP connection under ws: cutting a socket from outside
+	// the read loop closes it.
 	raw net.Conn
 	// rawc writes to raw without waiting (write.go's deliver); nil until
 	// first needed, and when raw has no file descriptor (TLS).
@@ -102,6 +102,11 @@ type Conn struct {
 	// The read loop's own.
 	tokens   float64
 	tokensAt int64
+	br       *bufio.Reader   // what the library reads the socket through; nil = not ours to watch
+	rc       syscall.RawConn // raw's, to wait until it is readable
+	readable func(fd uintptr) bool
+	wait     func() // idle on this connection's socket
+	peek     [1]byte
 }
 
 // awaitRecord lets the tracker's record of the connection reach Redis
@@ -171,8 +176,11 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.mu.Lock()
 	c.raw = ws.NetConn()
-	if u, ok := c.raw.(interface{ UnsafeConn() net.Conn }); ok {
-		c.raw = u.UnsafeConn()
+	if w, ok := c.raw.(*wsConn); ok {
+		c.raw, c.br = w.Conn, w.br
+		if w.watch {
+			c.watchReadable()
+		}
 	}
 	c.ws.Store(ws)
 	c.kickLocked()
@@ -181,8 +189,11 @@ func (c *Conn) run(ws *websocket.Conn) {
 	if c.events.has(eventOpen) {
 		c.stream.Push(callback.Event{Type: callback.EventOpen})
 	}
+	if c.rc != nil {
+		go c.wait()
+		return
+	}
 	c.readLoop(ws)
-	c.teardown()
 }
 
 // teardown runs once, when the read loop has ended.

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/fasthttp/websocket"
 
@@ -52,43 +54,141 @@ func (c *Conn) control() bool {
 	return true
 }
 
+// readLoop reads what the client sends until the connection ends, then
+// tears it down.
+//
+// An idle connection waits on a goroutine of its own that has never
+// handled a frame: reading one grows a goroutine's stack to 8 KiB, which
+// the runtime would keep until a garbage collection shrinks it, so a
+// connection that answered a ping a second ago would still hold it. So
+// once what arrived is read and the read buffer is empty, the loop hands
+// the wait to a new goroutine, with the smallest stack, and ends.
 func (c *Conn) readLoop(ws *websocket.Conn) {
-	cfg := &c.hub.cfg
-	m := c.hub.metrics
 	for {
-		typ, data, err := ws.ReadMessage()
-		now := time.Now().UnixNano()
-		c.lastSeen.Store(now)
-		if err != nil {
-			c.readFailed(err)
+		if !c.readOne(ws) {
+			c.teardown()
 			return
 		}
-		m.messagesIn.Inc()
-		m.bytesIn.Add(float64(len(data)))
-		if c.ending() {
-			continue // waiting for the client's close frame; late data is dropped
+		if c.rc != nil && c.br.Buffered() == 0 {
+			go c.wait()
+			return
 		}
-		if cfg.RatePerSecond > 0 && !c.allow(now) {
-			c.closeWith(websocket.ClosePolicyViolation, "rate limit exceeded", ByRateLimit)
-			continue
-		}
-		binary := typ == websocket.BinaryMessage
-		if !binary && !utf8.Valid(data) {
-			c.closeWith(websocket.CloseInvalidFramePayloadData, "invalid UTF-8", ByProtocol)
-			continue
-		}
-		if c.ac != nil {
-			c.acCommand(data, binary) // actioncable.go
-			continue
-		}
-		if !c.events.has(eventMessage) {
-			continue
-		}
-		c.paused.Store(true)
-		c.stream.Push(callback.Event{Type: callback.EventMessage, Data: data, Binary: binary})
-		c.paused.Store(false)
-		c.lastSeen.Store(time.Now().UnixNano())
 	}
+}
+
+// idle waits until the client sends, answering on the way the pings and
+// pongs that arrive between messages (the heartbeat's traffic), and hands
+// anything else to readLoop on this goroutine.
+func (c *Conn) idle(ws *websocket.Conn) {
+	for c.br.Buffered() == 0 {
+		// An error here (the socket cut by the heartbeat, or closed) is
+		// seen again, and dealt with, by the reads that follow.
+		_ = c.rc.Read(c.readable)
+		if _, err := c.br.Peek(1); err != nil {
+			break
+		}
+		for c.controlFrame() {
+		}
+	}
+	c.readLoop(ws)
+}
+
+// controlFrame handles a ping or pong from the client that lies whole in
+// the read buffer, between messages, as the library would, and reports
+// whether there was one. Anything else (data, a close, a frame not
+// well-formed or not yet whole) is left to the library.
+func (c *Conn) controlFrame() bool {
+	n := c.br.Buffered()
+	if n < 6 {
+		return false
+	}
+	b, _ := c.br.Peek(n)
+	op := b[0] & 0x0f
+	// FIN, no RSV bits, masked (as a client's frames must be), at most
+	// 125 bytes of payload.
+	if b[0]&0xf0 != 0x80 || (op != websocket.PingMessage && op != websocket.PongMessage) || b[1]&0x80 == 0 {
+		return false
+	}
+	size := int(b[1] & 0x7f)
+	if size > maxControlPayload || n < 6+size {
+		return false
+	}
+	var payload [maxControlPayload]byte
+	for i := range size {
+		payload[i] = b[6+i] ^ b[2+i%4]
+	}
+	c.br.Discard(6 + size)
+	if c.control() && op == websocket.PingMessage {
+		c.queuePong(string(payload[:size]))
+	}
+	return true
+}
+
+// watchReadable prepares idle's wait: readable is called when the socket
+// may have data and says whether it has (or is at its end), peeking one
+// byte without taking it; false waits for the next readiness.
+func (c *Conn) watchReadable() {
+	sc, ok := c.raw.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	c.rc = rc
+	// Made once: a go statement with arguments would allocate a closure
+	// each time the connection goes idle, a few times a minute.
+	c.wait = func() { c.idle(c.ws.Load()) }
+	c.readable = func(fd uintptr) bool {
+		for {
+			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if errno != syscall.EINTR {
+				return errno != syscall.EAGAIN
+			}
+		}
+	}
+}
+
+// readOne reads and handles one message (and the control frames before
+// it); false when the connection is over.
+func (c *Conn) readOne(ws *websocket.Conn) bool {
+	cfg := &c.hub.cfg
+	m := c.hub.metrics
+	typ, data, err := ws.ReadMessage()
+	now := time.Now().UnixNano()
+	c.lastSeen.Store(now)
+	if err != nil {
+		c.readFailed(err)
+		return false
+	}
+	m.messagesIn.Inc()
+	m.bytesIn.Add(float64(len(data)))
+	if c.ending() {
+		return true // waiting for the client's close frame; late data is dropped
+	}
+	if cfg.RatePerSecond > 0 && !c.allow(now) {
+		c.closeWith(websocket.ClosePolicyViolation, "rate limit exceeded", ByRateLimit)
+		return true
+	}
+	binary := typ == websocket.BinaryMessage
+	if !binary && !utf8.Valid(data) {
+		c.closeWith(websocket.CloseInvalidFramePayloadData, "invalid UTF-8", ByProtocol)
+		return true
+	}
+	if c.ac != nil {
+		c.acCommand(data, binary) // actioncable.go
+		return true
+	}
+	if !c.events.has(eventMessage) {
+		return true
+	}
+	c.paused.Store(true)
+	c.stream.Push(callback.Event{Type: callback.EventMessage, Data: data, Binary: binary})
+	c.paused.Store(false)
+	c.lastSeen.Store(time.Now().UnixNano())
+	return true
 }
 
 // allow is the token bucket of websocket.rate_limit, over every frame the

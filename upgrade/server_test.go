@@ -149,7 +149,7 @@ func startNodeWith(t testing.TB, app *fakeApp, cfg Config, broker pubsub.Broker)
 	if err != nil {
 		t.Fatal(err)
 	}
-	front := &fasthttp.Server{Handler: s.ServeHTTP}
+	front := &fasthttp.Server{Handler: s.ServeHTTP, KeepHijackedConns: true}
 	go front.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -291,8 +291,9 @@ func TestIdleConnectionIsOneGoroutine(t *testing.T) {
 	var counts map[string]int
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		counts = goroutinesIn("upgrade.(*Conn).run(", "upgrade.(*Conn).writeLoop(", "callback.(*Stream).run(")
-		if counts["upgrade.(*Conn).run("] == conns && counts["upgrade.(*Conn).writeLoop("] == 0 && counts["callback.(*Stream).run("] == 0 {
+		// The read loop of an idle connection waits in idle (read.go).
+		counts = goroutinesIn("upgrade.(*Conn).idle(", "upgrade.(*Conn).writeLoop(", "callback.(*Stream).run(")
+		if counts["upgrade.(*Conn).idle("] == conns && counts["upgrade.(*Conn).writeLoop("] == 0 && counts["callback.(*Stream).run("] == 0 {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fasthttp/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
@@ -94,7 +93,7 @@ type Server struct {
 	hub      *Hub
 	cb       *callback.Client
 	prepare  Prepare
-	upgrader websocket.FastHTTPUpgrader
+	upgrader upgrader
 	metrics  *metrics
 }
 
@@ -113,16 +112,7 @@ func New(cfg Config, log zerolog.Logger, reg prometheus.Registerer, cb *callback
 	s.hub = newHub(cfg, log, broker, m)
 	s.hub.cb = cb
 	s.hub.ac = newHubAC(cfg.ActionCable, reg)
-	s.upgrader = websocket.FastHTTPUpgrader{
-		// The fasthttp connection's own buffered reader sits below ours,
-		// so a small one suffices; write buffers are pooled and held only
-		// while a message is written.
-		ReadBufferSize:  512,
-		WriteBufferSize: 4096,
-		WriteBufferPool: &writePool,
-		// Origins are checked before the app is asked, by us.
-		CheckOrigin: func(*fasthttp.RequestCtx) bool { return true },
-	}
+	s.upgrader = newUpgrader(cfg)
 	s.hub.start()
 	return s
 }
