@@ -29,7 +29,7 @@ check: build
 	./$(BIN) -check -config sidecar.yaml
 
 ## test: unit and end-to-end tests with the race detector (installs what they need).
-test: deps vet ruby-test
+test: deps jsdeps vet ruby-test
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 ## ruby-test: the gem's own tests (minitest, and the test kit under RSpec), and the hand-written ActionCable test app's; no sidecar needed.
