@@ -22,6 +22,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 // jwksServer serves a JWK Set on 127.0.0.1 and counts the fetches; the
@@ -123,13 +125,7 @@ func jwksVerifier(t *testing.T, cfg JWTConfig, log zerolog.Logger, reg prometheu
 // waitFor polls cond until it holds, failing the test after a deadline.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testsupport.Eventually(t, what, 5*time.Second, cond)
 }
 
 func waitReady(t *testing.T, v *Verifier) {

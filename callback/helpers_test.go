@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 func waitNoGoroutine(frame string, within time.Duration) string {
@@ -43,13 +45,7 @@ func waitNoGoroutine(frame string, within time.Duration) string {
 // eventually waits for cond, failing the test after a deadline.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testsupport.Eventually(t, what, 5*time.Second, cond)
 }
 
 // syncBuffer collects log lines written from the streams' goroutines.

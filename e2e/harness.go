@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 // tools the harness runs. Missing ones fail the run with the one command that
@@ -97,30 +99,16 @@ func FreePort(t testing.TB) int {
 	return 0
 }
 
-// WaitFor polls cond, with a short growing pause between tries, until it
-// returns true; past timeout it fails the test saying what it waited for.
+// WaitFor polls cond (testsupport.Poll: a short growing pause between
+// tries) until it returns true; past timeout it fails the test saying what
+// it waited for.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	if !poll(timeout, cond) {
-		t.Fatalf("timed out after %s waiting for %s", timeout, what)
-	}
+	testsupport.Eventually(t, what, timeout, cond)
 }
 
 // poll is WaitFor without the test: it reports whether cond came true.
-func poll(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	pause := 2 * time.Millisecond
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pause)
-		pause = min(pause*2, 100*time.Millisecond)
-	}
-}
+func poll(timeout time.Duration, cond func() bool) bool { return testsupport.Poll(timeout, cond) }
 
 // RepoRoot is the directory holding go.mod, found upwards from the test's
 // working directory (the package directory under `go test`).

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/internal/testsupport"
 	"github.com/cablecar/cablecar/pubsub"
 )
 
@@ -176,13 +177,7 @@ func dial(t testing.TB, url string) (*websocket.Conn, string) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testsupport.Eventually(t, what, 10*time.Second, cond)
 }
 
 // onlyConn returns the id of the node's one connection.

@@ -15,11 +15,26 @@ import (
 // not within the given time. what names the condition in the failure.
 func Eventually(t testing.TB, what string, within time.Duration, cond func() bool) {
 	t.Helper()
+	if !Poll(within, cond) {
+		t.Fatalf("timed out after %v waiting for %s", within, what)
+	}
+}
+
+// Poll is Eventually without the test: it polls cond, with a short pause
+// growing from 2 ms to 100 ms between tries, and reports whether it held
+// within the given time. A negative check ("nothing happens") is not
+// written with it: wait for a condition that proves the chance was given.
+func Poll(within time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
+	pause := 2 * time.Millisecond
+	for {
+		if cond() {
+			return true
 		}
-		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pause)
+		pause = min(pause*2, 100*time.Millisecond)
 	}
 }
