@@ -7,24 +7,22 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 // Redis is a redis-server on 127.0.0.1, with no persistence, for one test.
+// testsupport launches it; this adds the harness's port bookkeeping, its
+// output shown when the test fails, and the raw-protocol helpers below.
 type Redis struct {
 	Addr string // 127.0.0.1:port
 	URL  string // redis://127.0.0.1:port, the value for broker.url
 
-	t    testing.TB
-	port int
-	dir  string
-	out  *Output
-	proc *process
+	srv *testsupport.Redis
 }
 
 // StartRedis starts redis-server on a free port and waits until it answers
@@ -33,49 +31,15 @@ func StartRedis(t testing.TB) *Redis {
 	t.Helper()
 	requireTool(t, "redis-server")
 	port := FreePort(t)
-	r := &Redis{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		t:    t,
-		port: port,
-		dir:  t.TempDir(),
-		out:  &Output{},
-	}
-	r.URL = "redis://" + r.Addr
-	dumpOnFailure(t, "redis-server "+r.Addr, r.out)
-	t.Cleanup(func() {
-		if r.proc != nil {
-			r.proc.stop(syscall.SIGKILL, 0)
-		}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	out := &Output{}
+	// Registered before the server's own cleanup, so it runs after it.
+	dumpOnFailure(t, "redis-server "+addr, out)
+	srv := testsupport.StartRedisWith(t, testsupport.RedisOptions{
+		Port:   port,
+		Output: out,
 	})
-	r.start()
-	return r
-}
-
-func (r *Redis) start() {
-	r.t.Helper()
-	cmd := exec.Command("redis-server",
-		"--bind", "127.0.0.1",
-		"--port", strconv.Itoa(r.port),
-		"--save", "",
-		"--appendonly", "no",
-		"--dir", r.dir,
-		"--daemonize", "no",
-		"--loglevel", "warning",
-	)
-	cmd.Stdout, cmd.Stderr = r.out, r.out
-	r.proc = startProcess(r.t, "redis-server", cmd)
-	proc := r.proc
-	var exited bool
-	WaitFor(r.t, 10*time.Second, "redis-server to answer PING on "+r.Addr, func() bool {
-		if proc.exited() {
-			exited = true
-			return true
-		}
-		return r.Ping() == nil
-	})
-	if exited {
-		r.t.Fatalf("redis-server exited before answering PING: %v", proc.err)
-	}
+	return &Redis{Addr: srv.Addr, URL: srv.URL(), srv: srv}
 }
 
 // Ping sends PING on a fresh connection and reports what went wrong, if
@@ -102,23 +66,13 @@ func (r *Redis) Ping() error {
 
 // Stop kills the server at once, as a crash would, and waits until it is
 // gone; connections to it break.
-func (r *Redis) Stop() {
-	r.t.Helper()
-	if r.proc == nil {
-		return
-	}
-	if !r.proc.stop(syscall.SIGKILL, 0) {
-		r.t.Fatalf("redis-server on %s did not exit", r.Addr)
-	}
-	r.proc = nil
-}
+func (r *Redis) Stop() { r.srv.Kill() }
 
 // Restart stops the server if it runs and starts a new one on the same
 // port, empty, waiting until it answers PING.
 func (r *Redis) Restart() {
-	r.t.Helper()
-	r.Stop()
-	r.start()
+	r.srv.Kill()
+	r.srv.Start()
 }
 
 // --- talking to Redis -------------------------------------------------------

@@ -3,30 +3,26 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
 
 // RedisCluster is a Redis Cluster of three masters without replicas on
-// 127.0.0.1, with no persistence, for one test.
+// 127.0.0.1, with no persistence, for one test. testsupport launches and
+// forms it; this adds the harness's ports, each node's output shown when
+// the test fails, and the raw-protocol helpers below.
 type RedisCluster struct {
 	Addrs []string // 127.0.0.1:port of each master
 	// URL is the value for broker.url:
 	// redis+cluster://ADDR0?addr=ADDR1&addr=ADDR2.
 	URL string
-
-	t     testing.TB
-	procs []*process
 }
-
-// clusterSize is the number of masters: the least redis-cli accepts.
-const clusterSize = 3
 
 // StartRedisCluster starts three cluster-enabled redis-servers on free
 // ports, joins them into one cluster that covers every slot, and waits until
@@ -35,91 +31,16 @@ const clusterSize = 3
 func StartRedisCluster(t testing.TB) *RedisCluster {
 	t.Helper()
 	requireTool(t, "redis-server")
-	cli := requireTool(t, "redis-cli")
-	rc := &RedisCluster{t: t}
-	t.Cleanup(func() {
-		for _, p := range rc.procs {
-			p.stop(syscall.SIGKILL, 0)
-		}
+	requireTool(t, "redis-cli")
+	c := testsupport.StartClusterWith(t, testsupport.ClusterOptions{
+		FreePort: FreePort,
+		Output: func(addr string) io.Writer {
+			out := &Output{}
+			dumpOnFailure(t, "redis-server (cluster) "+addr, out)
+			return out
+		},
 	})
-
-	for range clusterSize {
-		port := FreePort(t)
-		// The bus port is port+10000 unless set; with ports from the
-		// ephemeral range that may be past 65535 or taken, so each node
-		// gets a free one of its own.
-		bus := FreePort(t)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		out := &Output{}
-		dumpOnFailure(t, "redis-server (cluster) "+addr, out)
-		cmd := exec.Command("redis-server",
-			"--bind", "127.0.0.1",
-			"--port", strconv.Itoa(port),
-			"--cluster-enabled", "yes",
-			"--cluster-port", strconv.Itoa(bus),
-			"--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "5000",
-			"--save", "",
-			"--appendonly", "no",
-			"--dir", t.TempDir(),
-			"--daemonize", "no",
-			"--loglevel", "warning",
-		)
-		cmd.Stdout, cmd.Stderr = out, out
-		rc.procs = append(rc.procs, startProcess(t, "redis-server (cluster)", cmd))
-		rc.Addrs = append(rc.Addrs, addr)
-	}
-	for i, addr := range rc.Addrs {
-		proc := rc.procs[i]
-		var exited bool
-		WaitFor(t, 10*time.Second, "cluster redis-server to answer PING on "+addr, func() bool {
-			if proc.exited() {
-				exited = true
-				return true
-			}
-			v, err := RedisDo(addr, "PING")
-			return err == nil && v == "PONG"
-		})
-		if exited {
-			t.Fatalf("cluster redis-server on %s exited before answering PING: %v", addr, proc.err)
-		}
-	}
-
-	// redis-cli assigns the slots, introduces the nodes to each other and
-	// waits until they agree on the configuration.
-	args := append([]string{"--cluster", "create"}, rc.Addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	out := &Output{}
-	cmd := exec.Command(cli, args...)
-	cmd.Stdout, cmd.Stderr = out, out
-	create := startProcess(t, "redis-cli --cluster create", cmd)
-	if !create.wait(30 * time.Second) {
-		create.stop(syscall.SIGKILL, 0)
-		t.Fatalf("redis-cli --cluster create still running after 30s:\n%s", out.String())
-	}
-	if code := create.exitCode(); code != 0 || !strings.Contains(out.String(), "All 16384 slots covered") {
-		t.Fatalf("redis-cli --cluster create exited %d:\n%s", code, out.String())
-	}
-
-	// redis-cli returns once the configurations agree; the state may lag.
-	for _, addr := range rc.Addrs {
-		var last string
-		if !poll(15*time.Second, func() bool {
-			v, err := RedisDo(addr, "CLUSTER", "INFO")
-			if err != nil {
-				last = err.Error()
-				return false
-			}
-			b, _ := v.([]byte)
-			last = string(b)
-			return strings.Contains(last, "cluster_state:ok") &&
-				strings.Contains(last, "cluster_slots_assigned:16384") &&
-				strings.Contains(last, "cluster_known_nodes:"+strconv.Itoa(clusterSize))
-		}) {
-			t.Fatalf("cluster node %s not ready after 15s; CLUSTER INFO:\n%s\nredis-cli said:\n%s", addr, last, out.String())
-		}
-	}
-
+	rc := &RedisCluster{Addrs: c.Addrs}
 	q := url.Values{}
 	for _, a := range rc.Addrs[1:] {
 		q.Add("addr", a)
