@@ -40,6 +40,7 @@ func acConfig(extra map[string]any) map[string]any {
 		"actioncable.ping_interval":        "300ms",
 		"actioncable.turbo_streams_secret": acTurboSecret,
 		"websocket.ping_interval":          "1s",
+		"websocket.max_message_size":       "64KiB",
 	}
 	for k, v := range extra {
 		cfg[k] = v
@@ -217,6 +218,7 @@ func TestActionCable(t *testing.T) {
 		{"Unsubscribe", testACUnsubscribe},
 		{"Reject", testACReject},
 		{"AppClose", testACAppClose},
+		{"TooBig", testACTooBig},
 		{"Refusal", testACRefusal},
 		{"Malformed", testACMalformed},
 		{"TurboFastLane", testACTurbo},
@@ -370,6 +372,28 @@ func testACAppClose(t *testing.T, e *acEnv) {
 	cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "banned", "reconnect": false})
 	if code, reason := cl.ExpectClose(wsWait); code != 4001 || reason != "banned" {
 		t.Fatalf("close %d %q, want 4001 banned", code, reason)
+	}
+}
+
+// A message over websocket.max_message_size: disconnect too_big (the
+// client may come back) before the 1009, and a close event by too_big.
+func testACTooBig(t *testing.T, e *acEnv) {
+	cl := acDial(t, e.c, e.p, "")
+	_ = cl.TrySend(websocket.TextMessage, []byte(strings.Repeat("x", 65<<10)))
+	cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "too_big", "reconnect": true})
+	cl.ExpectCloseCode(wsWait, websocket.CloseMessageTooBig)
+	var closeEv map[string]any
+	WaitFor(t, wsWait, "the close event", func() bool {
+		for _, ev := range acEvents(t, e.p, cl.id) {
+			if ev["type"] == "close" {
+				closeEv = ev
+				return true
+			}
+		}
+		return false
+	})
+	if closeEv["by"] != "too_big" || closeEv["code"] != float64(websocket.CloseMessageTooBig) {
+		t.Fatalf("close event %v, want 1009 by too_big", closeEv)
 	}
 }
 
