@@ -223,6 +223,7 @@ func TestActionCable(t *testing.T) {
 		{"Malformed", testACMalformed},
 		{"TurboFastLane", testACTurbo},
 		{"AdminSendAndClose", testACAdmin},
+		{"AdminCloseChannel", testACAdminCloseChannel},
 		{"SubscribeHeaderIgnored", testACSubscribeHeader},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -479,6 +480,25 @@ func testACAdmin(t *testing.T, e *acEnv) {
 	cl.ExpectCloseCode(wsWait, 4002)
 }
 
+// Admin /close with "channel" closes every connection streaming it, with
+// disconnect remote and the request's reconnect, and leaves the others.
+func testACAdminCloseChannel(t *testing.T, e *acEnv) {
+	room, kept := uniqueID(t), uniqueID(t)
+	id := acID("ChatChannel", map[string]any{"room": room})
+	keptID := acID("ChatChannel", map[string]any{"room": kept})
+	a, b, c := acDial(t, e.c, e.p, ""), acDial(t, e.c, e.p, ""), acDial(t, e.c, e.p, "")
+	a.subscribe(id)
+	b.subscribe(id)
+	c.subscribe(keptID)
+	MustAdminPost(t, e.c, "/close", map[string]any{"channel": "ChatChannel:" + room, "code": 4005, "reconnect": false}, "")
+	for _, cl := range []*acClient{a, b} {
+		cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": false})
+		cl.ExpectCloseCode(wsWait, 4005)
+	}
+	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": "ChatChannel:" + kept, "data": `"still here"`}, "")
+	c.expect(wsWait, messageFrame(keptID, "still here"))
+}
+
 // Shutdown: every ActionCable client is told server_restart, reconnect.
 func TestActionCableShutdown(t *testing.T) {
 	t.Parallel()
@@ -516,6 +536,18 @@ func TestActionCableMultiNode(t *testing.T) {
 	// /send with an identifier to a connection on the other node.
 	MustAdminPost(t, n1, "/send", map[string]any{"connection": b.id, "identifier": id, "data": "plain"}, "")
 	b.expect(wsWait, messageFrame(id, "plain"))
+	// /close with a channel, asked of node 1, closes its streamers on both
+	// nodes.
+	gone := uniqueID(t)
+	goneID := acID("ChatChannel", map[string]any{"room": gone})
+	a2, b2 := acDial(t, n1, p, ""), acDial(t, n2, p, "")
+	a2.subscribe(goneID)
+	b2.subscribe(goneID)
+	MustAdminPost(t, n1, "/close", map[string]any{"channel": "ChatChannel:" + gone, "code": 4006}, "")
+	for _, cl := range []*acClient{a2, b2} {
+		cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": true})
+		cl.ExpectCloseCode(wsWait, 4006)
+	}
 
 	// Node 1 dies: the survivor posts a's close event, with the
 	// identifiers a held, so the app can run unsubscribed for them.

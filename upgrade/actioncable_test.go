@@ -272,3 +272,32 @@ func TestACPingSchedule(t *testing.T) {
 		t.Fatal("a hub without ActionCable pings")
 	}
 }
+
+// A close of a channel (admin /close with "channel") closes every
+// connection here subscribed to it — raw subscribers and ActionCable
+// connections streaming it, told disconnect remote with the request's
+// reconnect — and no other.
+func TestCloseChannel(t *testing.T) {
+	h := acHub(t, newRecBroker(t))
+	a, other := h.acConn("a"), h.acConn("other")
+	raw := h.bareConn("raw")
+	if err := raw.subscribe("s"); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd(t, actioncable.Subscribe, "I1")
+	a.Apply(streamReply(callback.StreamRef{Identifier: "I1", Stream: "s"}))
+	other.cmd(t, actioncable.Subscribe, "I1")
+	other.Apply(streamReply(callback.StreamRef{Identifier: "I1", Stream: "t"}))
+	h.Deliver(pubsub.Message{Channel: "s", Close: &pubsub.ChannelClose{Code: 4003, Reason: "moved", NoReconnect: true}})
+	for _, c := range []*Conn{a, raw} {
+		if _, _, end := c.queueState(); end == nil || end.code != 4003 || end.reason != "moved" || end.by != ByApp {
+			t.Fatalf("%s: end %+v, want 4003 moved by app", c.id, end)
+		}
+	}
+	if got, want := frames(a.takeQueue()), []string{string(actioncable.AppendDisconnect(nil, actioncable.ReasonRemote, false))}; !slices.Equal(got, want) {
+		t.Fatalf("a got %q, want %q", got, want)
+	}
+	if _, _, end := other.queueState(); end != nil {
+		t.Fatalf("a connection streaming another channel was closed: %+v", end)
+	}
+}
