@@ -75,49 +75,6 @@ func (c *Conn) acPing(frame []byte) {
 	c.acSend(frame)
 }
 
-// acDeliver delivers a broadcast to the ActionCable connections among
-// targets — to each subscription streaming the channel, as
-// {"identifier":I,"message":payload}, the frame built once per identifier
-// and shared by every connection (actioncable.Broadcast) — and returns the
-// other targets, in the same backing array, for the raw fan-out.
-func (h *Hub) acDeliver(m pubsub.Message, targets []*Conn) []*Conn {
-	raw := targets[:0]
-	var (
-		b   *actioncable.Broadcast
-		ids [8]string
-	)
-	for _, c := range targets {
-		if c.ac == nil {
-			raw = append(raw, c)
-			continue
-		}
-		if c.id == m.Except {
-			continue
-		}
-		ac := c.ac
-		ac.mu.RLock()
-		list := append(ids[:0], ac.streams[m.Channel]...)
-		_, plain := ac.plain[m.Channel]
-		ac.mu.RUnlock()
-		if plain {
-			c.enqueue(outgoing{data: m.Data, binary: m.Binary, size: len(m.Data)})
-		}
-		if len(list) == 0 {
-			continue
-		}
-		if b == nil {
-			b = actioncable.NewBroadcast(m.Data)
-		}
-		for _, id := range list {
-			f := b.Frame(id)
-			c.enqueue(outgoing{data: f, size: len(f)})
-		}
-		clear(list)
-	}
-	clear(targets[len(raw):])
-	return raw
-}
-
 // acRefuse completes a refused handshake in ActionCable's way when the
 // client offered only ActionCable subprotocols and one Cablecar speaks
 // (SPEC §9): 101 naming it, a disconnect with reconnect false, a close —
