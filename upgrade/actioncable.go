@@ -90,8 +90,13 @@ func acProtocol(chosen string) (actioncable.Protocol, bool) {
 }
 
 // send queues a frame of this connection alone.
+//
+// Like a broadcast, it is written at once by the caller when the socket
+// takes it and nothing waits ahead of it (Conn.deliver): a welcome or a
+// confirmation then starts no writer goroutine, whose stack a burst of
+// subscribes would otherwise leave in the node's memory.
 func (c *Conn) acSend(frame []byte) {
-	c.enqueue(outgoing{data: frame, size: len(frame)})
+	c.deliver(outgoing{frame: newFrame(false, frame), size: len(frame)})
 }
 
 // acCommand handles one frame from an ActionCable client. A malformed

@@ -66,13 +66,24 @@ func (a *hubAC) ping(now time.Time) []byte {
 	return actioncable.AppendPing(nil, now.Unix())
 }
 
-// acPing queues the protocol ping on an ActionCable connection that is up
-// and not closing.
+// pingFrame is ping's frame with its WebSocket header, built once for
+// every connection, or nil.
+func (a *hubAC) pingFrame(now time.Time) []byte {
+	if p := a.ping(now); p != nil {
+		return newFrame(false, p)
+	}
+	return nil
+}
+
+// acPing sends the protocol ping (pingFrame's) to an ActionCable
+// connection that is up and not closing: written by the heartbeat itself
+// when the socket takes it at once, so that a ping round starts no writer
+// goroutine per connection.
 func (c *Conn) acPing(frame []byte) {
 	if c.ac == nil || c.ws.Load() == nil || c.closeBy.Load() != 0 {
 		return
 	}
-	c.acSend(frame)
+	c.deliver(outgoing{frame: frame, size: len(frame)})
 }
 
 // acRefuse completes a refused handshake in ActionCable's way when the

@@ -227,7 +227,7 @@ func (h *Hub) start() {
 // is held only while its connections are copied out.
 func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
 	n := now.UnixNano()
-	acPing := h.ac.ping(now)
+	acPing := h.ac.pingFrame(now)
 	for i := range h.shards {
 		s := &h.shards[i]
 		batch = batch[:0]

@@ -78,6 +78,8 @@ type result struct {
 	Dropped          int64   `json:"clients_dropped"`
 	RSSPerConn       float64 `json:"server_rss_bytes_per_conn,omitempty"`
 	RSSPerConnIdle   float64 `json:"server_rss_bytes_per_conn_after_idle,omitempty"`
+	StackPerConn     float64 `json:"server_stack_bytes_per_conn,omitempty"`
+	HeapPerConn      float64 `json:"server_heap_inuse_bytes_per_conn,omitempty"`
 	SubscribePerS    float64 `json:"subscribe_per_s,omitempty"`
 	ServerUsPerSub   float64 `json:"server_cpu_us_per_subscribe,omitempty"`
 }
@@ -105,9 +107,9 @@ func main() {
 	}
 	line, _ := json.Marshal(res)
 	fmt.Println(string(line))
-	fmt.Fprintf(os.Stderr, "wsfanout: %d msgs @%v to %d: %d/%d delivered; p50 %.1f ms, p99 %.1f ms, max %.1f ms; server %.2f µs/delivery (%.2f beyond idle), clients %.2f µs/delivery; server RSS %.0f B/conn (%.0f after idle)\n",
+	fmt.Fprintf(os.Stderr, "wsfanout: %d msgs @%v to %d: %d/%d delivered; p50 %.1f ms, p99 %.1f ms, max %.1f ms; server %.2f µs/delivery (%.2f beyond idle), clients %.2f µs/delivery; server RSS %.0f B/conn (%.0f after idle; stacks %.0f, heap in use %.0f)\n",
 		res.Msgs, *interval, res.Conns, res.Delivered, res.Expected, res.P50Ms, res.P99Ms, res.MaxMs,
-		res.ServerUsPerDel, res.ServerUsPerDelX, res.ClientUsPerDel, res.RSSPerConn, res.RSSPerConnIdle)
+		res.ServerUsPerDel, res.ServerUsPerDelX, res.ClientUsPerDel, res.RSSPerConn, res.RSSPerConnIdle, res.StackPerConn, res.HeapPerConn)
 	if acIdentifier != "" {
 		fmt.Fprintf(os.Stderr, "wsfanout: %.0f subscribes/s, server %.1f µs/subscribe\n", res.SubscribePerS, res.ServerUsPerSub)
 	}
@@ -143,9 +145,10 @@ func due(data []byte) (int64, bool) {
 func run(url, admin, channel string, n, msgs int, interval time.Duration, pid int, idle, wait time.Duration) (*result, error) {
 	lat := make([]int64, n*msgs) // nanoseconds, in order of receipt
 	var got, dropped, confirmed atomic.Int64
-	rss0 := 0.0
+	rss0, stack0, heap0 := 0.0, 0.0, 0.0
 	if pid != 0 {
 		rss0 = procRSS(pid)
+		stack0, heap0 = metric(admin, "go_memstats_stack_inuse_bytes"), metric(admin, "go_memstats_heap_inuse_bytes")
 	}
 	clients := make([]*websocket.Conn, n)
 	var readers sync.WaitGroup
@@ -256,6 +259,8 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 		// Let the accepts' work settle, then take the idle cost.
 		time.Sleep(time.Second)
 		res.RSSPerConn = (procRSS(pid) - rss0) / float64(n)
+		res.StackPerConn = (metric(admin, "go_memstats_stack_inuse_bytes") - stack0) / float64(n)
+		res.HeapPerConn = (metric(admin, "go_memstats_heap_inuse_bytes") - heap0) / float64(n)
 		c0, t0 := procCPU(pid), time.Now()
 		time.Sleep(idle)
 		idleRate = (procCPU(pid) - c0) / time.Since(t0).Seconds()
@@ -329,6 +334,24 @@ func procCPU(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ, 100 on Linux
+}
+
+// metric is one unlabelled value from the server's /metrics, 0 if absent.
+func metric(admin, name string) float64 {
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	for line := range strings.Lines(b.String()) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // procRSS is a process's resident memory, in bytes (VmRSS).
