@@ -30,7 +30,8 @@ import (
 // through the fast lane, all under one identifier; it reports subscribes
 // per second too. idle5k and idle15k (and their -ac) are for the resident
 // memory per connection, read from /proc by wsfanout, the same way in both
-// modes.
+// modes (BENCH_CABLECAR_GOGC=10 runs Cablecar with that GOGC, to bring
+// the figure nearer what stays live).
 //
 //	BENCH_DELIVERY_CELLS=fanout10k,fanout10k-ac go test -run - -bench WSDelivery -benchtime 1x ./e2e/
 func BenchmarkWSDelivery(b *testing.B) {
@@ -74,7 +75,14 @@ func BenchmarkWSDelivery(b *testing.B) {
 						"signed_stream_name": actioncable.NewStreamVerifier(acTurboSecret).Sign("bench")}))
 				}
 				puma := StartPuma(b, opts)
-				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: cfg})
+				var env []string
+				if v := os.Getenv("BENCH_CABLECAR_GOGC"); v != "" {
+					// A low GOGC collects the garbage of the connects and
+					// subscribes, so that memory per connection nears what
+					// stays live.
+					env = append(env, "GOGC="+v)
+				}
+				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: cfg, Env: env})
 				url := "ws" + c.URL[len("http"):] + path
 				cmd := exec.Command(tool, append([]string{"-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
 					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID())}, args...)...)
