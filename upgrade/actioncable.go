@@ -102,6 +102,21 @@ func (c *Conn) acSend(frame []byte) {
 // acCommand handles one frame from an ActionCable client. A malformed
 // command is counted and ignored, as ActionCable does.
 func (c *Conn) acCommand(data []byte, binary bool) {
+	// On a goroutine of its own, waited for: what a command runs through
+	// (JSON, the fast lane's HMAC, a join) grows a stack past the size a
+	// read loop parked in its read keeps, and Go never gives a parked
+	// read loop's grown stack back. The command's goroutine ends, and its
+	// stack with it; the read loop stays at its size.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.acRunCommand(data, binary)
+	}()
+	<-done
+}
+
+// acRunCommand is acCommand on the command's goroutine.
+func (c *Conn) acRunCommand(data []byte, binary bool) {
 	if binary {
 		c.acMalformed(actioncable.NotJSON.String())
 		return
