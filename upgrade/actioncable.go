@@ -22,7 +22,7 @@ import (
 // connection is a member of channel S while one of its subscriptions
 // streams S (or a reply's plain subscribe asked for S), and the
 // connection keeps, per stream, the identifiers that stream it, so that a
-// broadcast to S becomes one frame per identifier (actioncable_deliver.go).
+// broadcast to S becomes one frame per identifier (actioncable_fanout.go).
 
 // ActionCableConfig is the actioncable section (SPEC §7, §9).
 type ActionCableConfig struct {
