@@ -267,8 +267,11 @@ func (a *api) send(ctx context.Context, body []byte) (any, error) {
 func (a *api) close(ctx context.Context, body []byte) (any, error) {
 	var in struct {
 		Connection string `json:"connection"`
-		Code       *int   `json:"code"`
-		Reason     string `json:"reason"`
+		// Channel in place of Connection closes every connection
+		// subscribed to it, on every node.
+		Channel string `json:"channel"`
+		Code    *int   `json:"code"`
+		Reason  string `json:"reason"`
 		// Reconnect false tells an ActionCable client not to come back
 		// (SPEC §9); default true.
 		Reconnect *bool `json:"reconnect"`
@@ -276,8 +279,11 @@ func (a *api) close(ctx context.Context, body []byte) (any, error) {
 	if err := strictJSON(body, &in); err != nil {
 		return nil, err
 	}
-	if in.Connection == "" {
-		return nil, badRequest("\"connection\" is missing")
+	switch {
+	case in.Connection == "" && in.Channel == "":
+		return nil, badRequest("\"connection\" or \"channel\" is missing")
+	case in.Connection != "" && in.Channel != "":
+		return nil, badRequest("give \"connection\" or \"channel\", not both")
 	}
 	code := 1000
 	if in.Code != nil {
@@ -289,8 +295,21 @@ func (a *api) close(ctx context.Context, body []byte) (any, error) {
 	if len(in.Reason) > 123 || !utf8.ValidString(in.Reason) {
 		return nil, badRequest("\"reason\" must be valid UTF-8 of at most 123 bytes")
 	}
+	noReconnect := in.Reconnect != nil && !*in.Reconnect
+	if in.Channel != "" {
+		if err := pubsub.ValidateChannel(in.Channel); err != nil {
+			return nil, badRequest("\"channel\": %v", err)
+		}
+		// Where a broadcast to the channel goes: every node subscribed.
+		err := a.b.Publish(ctx, pubsub.Message{Channel: in.Channel,
+			Close: &pubsub.ChannelClose{Code: code, Reason: in.Reason, NoReconnect: noReconnect}})
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"closed_channel": in.Channel}, nil
+	}
 	err := a.b.Direct(ctx, pubsub.Command{Kind: pubsub.CommandClose, Connection: in.Connection, Code: code, Reason: in.Reason,
-		NoReconnect: in.Reconnect != nil && !*in.Reconnect})
+		NoReconnect: noReconnect})
 	if err != nil {
 		return nil, err
 	}

@@ -101,6 +101,13 @@ func TestAPI(t *testing.T) {
 		{name: "close app code", path: "/close", body: `{"connection":"c_1","code":4001,"reason":"bye"}`, status: 200,
 			commands: []pubsub.Command{{Kind: pubsub.CommandClose, Connection: "c_1", Code: 4001, Reason: "bye"}}},
 		{name: "close reserved code", path: "/close", body: `{"connection":"c_1","code":1006}`, status: 400, errContains: "1006"},
+		{name: "close a channel", path: "/close", body: `{"channel":"room:1","code":4002,"reason":"gone","reconnect":false}`, status: 200,
+			published: []pubsub.Message{{Channel: "room:1", Close: &pubsub.ChannelClose{Code: 4002, Reason: "gone", NoReconnect: true}}}},
+		{name: "close a channel, default code", path: "/close", body: `{"channel":"room:1"}`, status: 200,
+			published: []pubsub.Message{{Channel: "room:1", Close: &pubsub.ChannelClose{Code: 1000}}}},
+		{name: "close a bad channel", path: "/close", body: `{"channel":"a b"}`, status: 400, errContains: "channel"},
+		{name: "close both", path: "/close", body: `{"channel":"a","connection":"c_1"}`, status: 400, errContains: "not both"},
+		{name: "close nothing", path: "/close", body: `{"code":4000}`, status: 400, errContains: `"channel"`},
 		{name: "close long reason", path: "/close", body: `{"connection":"c_1","reason":"` + strings.Repeat("x", 124) + `"}`, status: 400, errContains: "123"},
 	}
 	for _, tt := range tests {

@@ -40,6 +40,7 @@ func acConfig(extra map[string]any) map[string]any {
 		"actioncable.ping_interval":        "300ms",
 		"actioncable.turbo_streams_secret": acTurboSecret,
 		"websocket.ping_interval":          "1s",
+		"websocket.max_message_size":       "64KiB",
 	}
 	for k, v := range extra {
 		cfg[k] = v
@@ -217,10 +218,12 @@ func TestActionCable(t *testing.T) {
 		{"Unsubscribe", testACUnsubscribe},
 		{"Reject", testACReject},
 		{"AppClose", testACAppClose},
+		{"TooBig", testACTooBig},
 		{"Refusal", testACRefusal},
 		{"Malformed", testACMalformed},
 		{"TurboFastLane", testACTurbo},
 		{"AdminSendAndClose", testACAdmin},
+		{"AdminCloseChannel", testACAdminCloseChannel},
 		{"SubscribeHeaderIgnored", testACSubscribeHeader},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -373,6 +376,28 @@ func testACAppClose(t *testing.T, e *acEnv) {
 	}
 }
 
+// A message over websocket.max_message_size: disconnect too_big (the
+// client may come back) before the 1009, and a close event by too_big.
+func testACTooBig(t *testing.T, e *acEnv) {
+	cl := acDial(t, e.c, e.p, "")
+	_ = cl.TrySend(websocket.TextMessage, []byte(strings.Repeat("x", 65<<10)))
+	cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "too_big", "reconnect": true})
+	cl.ExpectCloseCode(wsWait, websocket.CloseMessageTooBig)
+	var closeEv map[string]any
+	WaitFor(t, wsWait, "the close event", func() bool {
+		for _, ev := range acEvents(t, e.p, cl.id) {
+			if ev["type"] == "close" {
+				closeEv = ev
+				return true
+			}
+		}
+		return false
+	})
+	if closeEv["by"] != "too_big" || closeEv["code"] != float64(websocket.CloseMessageTooBig) {
+		t.Fatalf("close event %v, want 1009 by too_big", closeEv)
+	}
+}
+
 func testACRefusal(t *testing.T, e *acEnv) {
 	for _, q := range []string{"reject=1", "reject=401"} {
 		ws, resp, err := DialWS(t, e.c.URL+"/cable?"+q, nil, actioncable.V1Name, "actioncable-unsupported")
@@ -455,6 +480,25 @@ func testACAdmin(t *testing.T, e *acEnv) {
 	cl.ExpectCloseCode(wsWait, 4002)
 }
 
+// Admin /close with "channel" closes every connection streaming it, with
+// disconnect remote and the request's reconnect, and leaves the others.
+func testACAdminCloseChannel(t *testing.T, e *acEnv) {
+	room, kept := uniqueID(t), uniqueID(t)
+	id := acID("ChatChannel", map[string]any{"room": room})
+	keptID := acID("ChatChannel", map[string]any{"room": kept})
+	a, b, c := acDial(t, e.c, e.p, ""), acDial(t, e.c, e.p, ""), acDial(t, e.c, e.p, "")
+	a.subscribe(id)
+	b.subscribe(id)
+	c.subscribe(keptID)
+	MustAdminPost(t, e.c, "/close", map[string]any{"channel": "ChatChannel:" + room, "code": 4005, "reconnect": false}, "")
+	for _, cl := range []*acClient{a, b} {
+		cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": false})
+		cl.ExpectCloseCode(wsWait, 4005)
+	}
+	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": "ChatChannel:" + kept, "data": `"still here"`}, "")
+	c.expect(wsWait, messageFrame(keptID, "still here"))
+}
+
 // Shutdown: every ActionCable client is told server_restart, reconnect.
 func TestActionCableShutdown(t *testing.T) {
 	t.Parallel()
@@ -492,6 +536,18 @@ func TestActionCableMultiNode(t *testing.T) {
 	// /send with an identifier to a connection on the other node.
 	MustAdminPost(t, n1, "/send", map[string]any{"connection": b.id, "identifier": id, "data": "plain"}, "")
 	b.expect(wsWait, messageFrame(id, "plain"))
+	// /close with a channel, asked of node 1, closes its streamers on both
+	// nodes.
+	gone := uniqueID(t)
+	goneID := acID("ChatChannel", map[string]any{"room": gone})
+	a2, b2 := acDial(t, n1, p, ""), acDial(t, n2, p, "")
+	a2.subscribe(goneID)
+	b2.subscribe(goneID)
+	MustAdminPost(t, n1, "/close", map[string]any{"channel": "ChatChannel:" + gone, "code": 4006}, "")
+	for _, cl := range []*acClient{a2, b2} {
+		cl.expect(wsWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": true})
+		cl.ExpectCloseCode(wsWait, 4006)
+	}
 
 	// Node 1 dies: the survivor posts a's close event, with the
 	// identifiers a held, so the app can run unsubscribed for them.

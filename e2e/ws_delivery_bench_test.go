@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cablecar/cablecar/actioncable"
 )
 
 // BenchmarkWSDelivery measures what a delivery costs the real binary (its
@@ -23,17 +25,32 @@ import (
 //
 // Cells (issue 13): fanout10k, 20 broadcasts @100 ms to 10,000; burst1k,
 // 1,000 @5 ms to 1,000; persec1k and persec10k, 10 @1 s to 1,000 and 10,000.
+// Issue 14: each cell ending in -ac is the one before it with ActionCable
+// clients (in front of testdata/acapp), each subscribed to one Turbo stream
+// through the fast lane, all under one identifier; it reports subscribes
+// per second too. idle5k and idle15k (and their -ac) are for the resident
+// memory per connection, read from /proc by wsfanout, the same way in both
+// modes (BENCH_CABLECAR_GOGC=10 runs Cablecar with that GOGC, to bring
+// the figure nearer what stays live).
+//
+//	BENCH_DELIVERY_CELLS=fanout10k,fanout10k-ac go test -run - -bench WSDelivery -benchtime 1x ./e2e/
 func BenchmarkWSDelivery(b *testing.B) {
 	cells := []struct {
 		name     string
 		conns    int
 		msgs     int
 		interval string
+		ac       bool
 	}{
-		{"fanout10k", 10000, 20, "100ms"},
-		{"burst1k", 1000, 1000, "5ms"},
-		{"persec1k", 1000, 10, "1s"},
-		{"persec10k", 10000, 10, "1s"},
+		{"fanout10k", 10000, 20, "100ms", false},
+		{"fanout10k-ac", 10000, 20, "100ms", true},
+		{"idle5k", 5000, 1, "100ms", false},
+		{"idle5k-ac", 5000, 1, "100ms", true},
+		{"idle15k", 15000, 1, "100ms", false},
+		{"idle15k-ac", 15000, 1, "100ms", true},
+		{"burst1k", 1000, 1000, "5ms", false},
+		{"persec1k", 1000, 10, "1s", false},
+		{"persec10k", 10000, 10, "1s", false},
 	}
 	only := os.Getenv("BENCH_DELIVERY_CELLS")
 	tool := buildWSFanout(b)
@@ -43,15 +60,32 @@ func BenchmarkWSDelivery(b *testing.B) {
 		}
 		b.Run(cell.name, func(b *testing.B) {
 			for b.Loop() {
-				puma := StartPuma(b, PumaOptions{})
-				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: map[string]any{
+				cfg := map[string]any{
 					"log.level":              "warn",
 					"websocket.send_queue":   cell.msgs + 10,
 					"callback.max_in_flight": 64,
-				}})
-				url := "ws" + c.URL[len("http"):] + "/ws/chat?subscribe=bench&events=close"
-				cmd := exec.Command(tool, "-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
-					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID()))
+				}
+				opts := PumaOptions{}
+				path, args := "/ws/chat?subscribe=bench&events=close", []string{}
+				if cell.ac {
+					opts.Rackup = filepath.Join(RepoRoot(b), "testdata", "acapp", "config.ru")
+					cfg["actioncable.turbo_streams_secret"] = acTurboSecret
+					path = "/cable?events=close"
+					args = append(args, "-actioncable", acID("Turbo::StreamsChannel", map[string]any{
+						"signed_stream_name": actioncable.NewStreamVerifier(acTurboSecret).Sign("bench")}))
+				}
+				puma := StartPuma(b, opts)
+				var env []string
+				if v := os.Getenv("BENCH_CABLECAR_GOGC"); v != "" {
+					// A low GOGC collects the garbage of the connects and
+					// subscribes, so that memory per connection nears what
+					// stays live.
+					env = append(env, "GOGC="+v)
+				}
+				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: cfg, Env: env})
+				url := "ws" + c.URL[len("http"):] + path
+				cmd := exec.Command(tool, append([]string{"-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
+					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID())}, args...)...)
 				cmd.Stderr = os.Stderr
 				out, err := cmd.Output()
 				if err != nil {
@@ -68,6 +102,12 @@ func BenchmarkWSDelivery(b *testing.B) {
 				b.ReportMetric(r["p99_ms"], "p99-ms")
 				b.ReportMetric(r["max_ms"], "max-ms")
 				b.ReportMetric(r["publish_late_p99_ms"], "publish-late-p99-ms")
+				b.ReportMetric(r["server_rss_bytes_per_conn"], "cablecar-rss-bytes/conn")
+				b.ReportMetric(r["server_rss_bytes_per_conn_after_idle"], "cablecar-rss-bytes/conn-after-idle")
+				if cell.ac {
+					b.ReportMetric(r["subscribe_per_s"], "subscribes/s")
+					b.ReportMetric(r["server_cpu_us_per_subscribe"], "cablecar-cpu-us/subscribe")
+				}
 			}
 		})
 	}

@@ -13,27 +13,38 @@ import (
 //
 //	byte 0    'C'  (Cablecar)
 //	byte 1    '1'  (version)
-//	byte 2    kind: 'm' broadcast, 's' send to a connection, 'c' close it
-//	byte 3    flags: bit 0 set = binary payload; bit 1 ('c') = the
+//	byte 2    kind: 'm' broadcast, 's' send to a connection, 'c' close it,
+//	          'k' close every subscriber of the channel (on a broadcast
+//	          channel, like 'm'; added within C1: a node that predates it
+//	          counts it as undecodable and drops it)
+//	byte 3    flags: bit 0 set = binary payload; bit 1 ('c', 'k') = the
 //	          ActionCable client is told not to reconnect; bit 2 ('s') =
 //	          an ActionCable identifier follows the id
 //	uvarint   length of the connection id, then the id (for 'm': the
-//	          connection left out, may be empty)
+//	          connection left out, may be empty; for 'k': empty)
 //	uvarint   length of the identifier, then it (for 's' with bit 2 only)
-//	uvarint   close code (for 'c' only)
-//	rest      the payload (for 'c': the close reason)
+//	uvarint   close code (for 'c' and 'k' only)
+//	rest      the payload (for 'c' and 'k': the close reason)
 const (
 	envMagic        = 'C'
 	envVersion      = '1'
 	kindMsg         = 'm'
 	kindSend        = 's'
 	kindClose       = 'c'
+	kindCloseAll    = 'k'
 	flagBinary      = 1
 	flagNoReconnect = 2
 	flagIdentifier  = 4
 )
 
 func encodeMessage(m *Message) []byte {
+	if c := m.Close; c != nil {
+		b := appendEnvelope(nil, kindCloseAll, false, "", c.Code, []byte(c.Reason))
+		if c.NoReconnect {
+			b[3] |= flagNoReconnect
+		}
+		return b
+	}
 	return appendEnvelope(nil, kindMsg, m.Binary, m.Except, 0, m.Data)
 }
 
@@ -63,7 +74,7 @@ func appendEnvelope(b []byte, kind byte, bin bool, id string, code int, payload 
 	b = append(b, envMagic, envVersion, kind, flags)
 	b = binary.AppendUvarint(b, uint64(len(id)))
 	b = append(b, id...)
-	if kind == kindClose {
+	if kind == kindClose || kind == kindCloseAll {
 		b = binary.AppendUvarint(b, uint64(code))
 	}
 	return append(b, payload...)
@@ -93,7 +104,7 @@ func decodeEnvelope(b []byte) (envelope, error) {
 		return e, fmt.Errorf("%w: bad id length", errEnvelope)
 	}
 	e.id, b = string(b[k:k+int(n)]), b[k+int(n):]
-	if e.kind == kindClose {
+	if e.kind == kindClose || e.kind == kindCloseAll {
 		code, k := binary.Uvarint(b)
 		if k <= 0 || code > 4999 {
 			return e, fmt.Errorf("%w: bad close code", errEnvelope)
@@ -116,10 +127,14 @@ func decodeMessage(b []byte) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	if e.kind != kindMsg {
-		return Message{}, fmt.Errorf("%w: kind %q on a broadcast channel", errEnvelope, e.kind)
+	switch e.kind {
+	case kindMsg:
+		return Message{Data: e.payload, Binary: e.binary, Except: e.id}, nil
+	case kindCloseAll:
+		return Message{Close: &ChannelClose{Code: e.code, Reason: string(e.payload),
+			NoReconnect: e.flags&flagNoReconnect != 0}}, nil
 	}
-	return Message{Data: e.payload, Binary: e.binary, Except: e.id}, nil
+	return Message{}, fmt.Errorf("%w: kind %q on a broadcast channel", errEnvelope, e.kind)
 }
 
 func decodeCommand(b []byte) (Command, error) {

@@ -38,3 +38,31 @@ func TestCommandEnvelopeRoundTrip(t *testing.T) {
 		t.Fatal("a truncated identifier was accepted")
 	}
 }
+
+// A close of a channel's subscribers travels on the broadcast channel, in
+// its own kind, whole; a broadcast is encoded as before it, and a
+// broadcast channel still refuses a command's kind.
+func TestChannelCloseEnvelopeRoundTrip(t *testing.T) {
+	for _, m := range []Message{
+		{Close: &ChannelClose{Code: 4000, Reason: "bye"}},
+		{Close: &ChannelClose{Code: 1000, NoReconnect: true}},
+	} {
+		b := encodeMessage(&m)
+		if b[2] != kindCloseAll {
+			t.Fatalf("%+v encoded as kind %q, want 'k'", m.Close, b[2])
+		}
+		got, err := decodeMessage(b)
+		if err != nil {
+			t.Fatalf("%+v: %v", m.Close, err)
+		}
+		if got.Close == nil || *got.Close != *m.Close || len(got.Data) != 0 {
+			t.Fatalf("got %+v, want %+v", got, m)
+		}
+	}
+	if got := encodeMessage(&Message{Data: []byte("hi"), Except: "c1"}); string(got) != "C1m\x00\x02c1hi" {
+		t.Fatalf("a broadcast is encoded %q, want as before", got)
+	}
+	if _, err := decodeMessage(encodeCommand(&Command{Kind: CommandClose, Connection: "c1", Code: 4000})); err == nil {
+		t.Fatal("a connection's close was accepted on a broadcast channel")
+	}
+}

@@ -19,6 +19,20 @@ type Message struct {
 	Data    []byte
 	Binary  bool   // false: a text message
 	Except  string // a connection id to leave out; "" leaves out no one
+	// Close, when set, makes this no broadcast but a close of every
+	// connection subscribed to Channel, on every node (admin /close with
+	// "channel", SPEC §4): it travels to the nodes a broadcast to Channel
+	// reaches, and Data, Binary and Except are unused.
+	Close *ChannelClose
+}
+
+// ChannelClose is how Message.Close closes each subscriber: by: app, with
+// Code and Reason; NoReconnect tells ActionCable clients not to come back
+// (SPEC §9).
+type ChannelClose struct {
+	Code        int
+	Reason      string
+	NoReconnect bool
 }
 
 // CommandKind says what a Command asks of a connection.

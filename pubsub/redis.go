@@ -337,7 +337,7 @@ func (r *Redis) Publish(ctx context.Context, msgs ...Message) error {
 	pipe := r.rdb.Pipeline()
 	for i := range msgs {
 		m := &msgs[i]
-		if !m.Binary && m.Except == "" {
+		if !m.Binary && m.Except == "" && m.Close == nil {
 			r.publish(ctx, pipe, r.cfg.Prefix+m.Channel, m.Data)
 		} else {
 			r.publish(ctx, pipe, envelopeName(r.cfg.Prefix, m.Channel), encodeMessage(m))

@@ -22,7 +22,7 @@ import (
 // connection is a member of channel S while one of its subscriptions
 // streams S (or a reply's plain subscribe asked for S), and the
 // connection keeps, per stream, the identifiers that stream it, so that a
-// broadcast to S becomes one frame per identifier (actioncable_deliver.go).
+// broadcast to S becomes one frame per identifier (actioncable_fanout.go).
 
 // ActionCableConfig is the actioncable section (SPEC §7, §9).
 type ActionCableConfig struct {
@@ -90,13 +90,33 @@ func acProtocol(chosen string) (actioncable.Protocol, bool) {
 }
 
 // send queues a frame of this connection alone.
+//
+// Like a broadcast, it is written at once by the caller when the socket
+// takes it and nothing waits ahead of it (Conn.deliver): a welcome or a
+// confirmation then starts no writer goroutine, whose stack a burst of
+// subscribes would otherwise leave in the node's memory.
 func (c *Conn) acSend(frame []byte) {
-	c.enqueue(outgoing{data: frame, size: len(frame)})
+	c.deliver(outgoing{frame: newFrame(false, frame), size: len(frame)})
 }
 
 // acCommand handles one frame from an ActionCable client. A malformed
 // command is counted and ignored, as ActionCable does.
 func (c *Conn) acCommand(data []byte, binary bool) {
+	// On a goroutine of its own, waited for: what a command runs through
+	// (JSON, the fast lane's HMAC, a join) grows a stack past the size a
+	// read loop parked in its read keeps, and Go never gives a parked
+	// read loop's grown stack back. The command's goroutine ends, and its
+	// stack with it; the read loop stays at its size.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.acRunCommand(data, binary)
+	}()
+	<-done
+}
+
+// acRunCommand is acCommand on the command's goroutine.
+func (c *Conn) acRunCommand(data []byte, binary bool) {
 	if binary {
 		c.acMalformed(actioncable.NotJSON.String())
 		return

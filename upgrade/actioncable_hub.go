@@ -66,56 +66,24 @@ func (a *hubAC) ping(now time.Time) []byte {
 	return actioncable.AppendPing(nil, now.Unix())
 }
 
-// acPing queues the protocol ping on an ActionCable connection that is up
-// and not closing.
+// pingFrame is ping's frame with its WebSocket header, built once for
+// every connection, or nil.
+func (a *hubAC) pingFrame(now time.Time) []byte {
+	if p := a.ping(now); p != nil {
+		return newFrame(false, p)
+	}
+	return nil
+}
+
+// acPing sends the protocol ping (pingFrame's) to an ActionCable
+// connection that is up and not closing: written by the heartbeat itself
+// when the socket takes it at once, so that a ping round starts no writer
+// goroutine per connection.
 func (c *Conn) acPing(frame []byte) {
 	if c.ac == nil || c.ws.Load() == nil || c.closeBy.Load() != 0 {
 		return
 	}
-	c.acSend(frame)
-}
-
-// acDeliver delivers a broadcast to the ActionCable connections among
-// targets — to each subscription streaming the channel, as
-// {"identifier":I,"message":payload}, the frame built once per identifier
-// and shared by every connection (actioncable.Broadcast) — and returns the
-// other targets, in the same backing array, for the raw fan-out.
-func (h *Hub) acDeliver(m pubsub.Message, targets []*Conn) []*Conn {
-	raw := targets[:0]
-	var (
-		b   *actioncable.Broadcast
-		ids [8]string
-	)
-	for _, c := range targets {
-		if c.ac == nil {
-			raw = append(raw, c)
-			continue
-		}
-		if c.id == m.Except {
-			continue
-		}
-		ac := c.ac
-		ac.mu.RLock()
-		list := append(ids[:0], ac.streams[m.Channel]...)
-		_, plain := ac.plain[m.Channel]
-		ac.mu.RUnlock()
-		if plain {
-			c.enqueue(outgoing{data: m.Data, binary: m.Binary, size: len(m.Data)})
-		}
-		if len(list) == 0 {
-			continue
-		}
-		if b == nil {
-			b = actioncable.NewBroadcast(m.Data)
-		}
-		for _, id := range list {
-			f := b.Frame(id)
-			c.enqueue(outgoing{data: f, size: len(f)})
-		}
-		clear(list)
-	}
-	clear(targets[len(raw):])
-	return raw
+	c.deliver(outgoing{frame: frame, size: len(frame)})
 }
 
 // acRefuse completes a refused handshake in ActionCable's way when the

@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,9 +54,24 @@ func (c *Conn) takeQueue() []outgoing {
 func frames(q []outgoing) []string {
 	out := make([]string, len(q))
 	for i, o := range q {
-		out[i] = string(o.data)
+		out[i] = string(payload(o))
 	}
 	return out
+}
+
+// payload is what o carries: its data, or a built frame's payload.
+func payload(o outgoing) []byte {
+	if o.frame == nil {
+		return o.data
+	}
+	switch n := o.frame[1] & 0x7f; n {
+	case 126:
+		return o.frame[4:]
+	case 127:
+		return o.frame[10:]
+	default:
+		return o.frame[2:]
+	}
 }
 
 func streamReply(refs ...callback.StreamRef) *callback.Reply {
@@ -93,7 +109,7 @@ func TestACBroadcastPerIdentifier(t *testing.T) {
 	if got := frames(qc); !slices.Equal(got, want[:1]) {
 		t.Fatalf("c got %q, want %q", got, want[:1])
 	}
-	if &qa[0].data[0] != &qc[0].data[0] {
+	if &qa[0].frame[0] != &qc[0].frame[0] {
 		t.Fatal("the frame of (s, I1) was built twice: it must be shared")
 	}
 	if got := raw.queuedData(); !slices.Equal(got, []string{"prepared"}) {
@@ -270,5 +286,76 @@ func TestACPingSchedule(t *testing.T) {
 	var nilHub *hubAC
 	if nilHub.ping(t0) != nil {
 		t.Fatal("a hub without ActionCable pings")
+	}
+}
+
+// A close of a channel (admin /close with "channel") closes every
+// connection here subscribed to it — raw subscribers and ActionCable
+// connections streaming it, told disconnect remote with the request's
+// reconnect — and no other.
+func TestCloseChannel(t *testing.T) {
+	h := acHub(t, newRecBroker(t))
+	a, other := h.acConn("a"), h.acConn("other")
+	raw := h.bareConn("raw")
+	if err := raw.subscribe("s"); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd(t, actioncable.Subscribe, "I1")
+	a.Apply(streamReply(callback.StreamRef{Identifier: "I1", Stream: "s"}))
+	other.cmd(t, actioncable.Subscribe, "I1")
+	other.Apply(streamReply(callback.StreamRef{Identifier: "I1", Stream: "t"}))
+	h.Deliver(pubsub.Message{Channel: "s", Close: &pubsub.ChannelClose{Code: 4003, Reason: "moved", NoReconnect: true}})
+	for _, c := range []*Conn{a, raw} {
+		if _, _, end := c.queueState(); end == nil || end.code != 4003 || end.reason != "moved" || end.by != ByApp {
+			t.Fatalf("%s: end %+v, want 4003 moved by app", c.id, end)
+		}
+	}
+	if got, want := frames(a.takeQueue()), []string{string(actioncable.AppendDisconnect(nil, actioncable.ReasonRemote, false))}; !slices.Equal(got, want) {
+		t.Fatalf("a got %q, want %q", got, want)
+	}
+	if _, _, end := other.queueState(); end != nil {
+		t.Fatalf("a connection streaming another channel was closed: %+v", end)
+	}
+}
+
+// An ActionCable fan-out split over several goroutines reaches every
+// subscription once, one publisher's broadcasts in the order published,
+// and every connection with the same (stream, identifier) gets the same
+// frame, built once for the whole broadcast, whichever part it was in.
+func TestACFanoutSplit(t *testing.T) {
+	h := acHub(t, newRecBroker(t))
+	const n, msgs = 3*fanoutPart + 7, 20
+	conns := make([]*Conn, n)
+	for i := range conns {
+		c := h.acConn("c" + strconv.Itoa(i))
+		c.ac.streams["s"] = []string{"I1"}
+		if i%3 == 0 {
+			c.ac.streams["s"] = []string{"I1", "I2"}
+		}
+		conns[i] = c
+	}
+	for m := range msgs {
+		acFanout(conns, pubsub.Message{Channel: "s", Data: []byte(`{"n":` + strconv.Itoa(m) + `}`)}, 4)
+	}
+	shared := map[string]*byte{} // the first frame seen per (message, identifier)
+	for i, c := range conns {
+		q := c.takeQueue()
+		var want []string
+		for m := range msgs {
+			for _, id := range c.ac.streams["s"] {
+				want = append(want, `{"identifier":"`+id+`","message":{"n":`+strconv.Itoa(m)+`}}`)
+			}
+		}
+		if got := frames(q); !slices.Equal(got, want) {
+			t.Fatalf("connection %d got %q, want %q", i, got, want)
+		}
+		for k, o := range q {
+			key := want[k]
+			if p, ok := shared[key]; !ok {
+				shared[key] = &o.frame[0]
+			} else if p != &o.frame[0] {
+				t.Fatalf("connection %d: the frame %s was built more than once", i, key)
+			}
+		}
 	}
 }

@@ -30,6 +30,10 @@ var targetSlices = sync.Pool{New: func() any { s := make([]*Conn, 0, 64); return
 
 // Deliver fans a broadcast out to this node's subscribers of its channel.
 func (h *Hub) Deliver(m pubsub.Message) {
+	if m.Close != nil {
+		h.closeChannel(m.Channel, m.Close)
+		return
+	}
 	s := h.chanShard(m.Channel)
 	sp := targetSlices.Get().(*[]*Conn)
 	s.mu.RLock()

@@ -3,6 +3,7 @@ package upgrade
 import (
 	"context"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,6 +171,24 @@ func (h *Hub) Execute(cmd pubsub.Command) bool {
 
 var _ pubsub.Sink = (*Hub)(nil)
 
+// closeChannel closes every connection here subscribed to ch, as a
+// command's close would close one (admin /close with "channel", SPEC §4):
+// an ActionCable connection streaming ch is a subscriber too, and is told
+// disconnect remote.
+func (h *Hub) closeChannel(ch string, cl *pubsub.ChannelClose) {
+	s := h.chanShard(ch)
+	s.mu.RLock()
+	var members []*Conn
+	if c := s.chans[ch]; c != nil {
+		members = slices.Clone(c.members)
+	}
+	s.mu.RUnlock()
+	for _, c := range members {
+		c.acSetDisconnect(actioncable.ReasonRemote, !cl.NoReconnect)
+		c.closeWith(cl.Code, cl.Reason, ByApp)
+	}
+}
+
 // Fence closes the given connections with 1012 after this node's lease
 // lapsed: other nodes may have told the app they are gone (node_lost), so
 // they are not kept open, and send no close event of their own. Their
@@ -208,7 +227,7 @@ func (h *Hub) start() {
 // is held only while its connections are copied out.
 func (h *Hub) sweep(now time.Time, batch []*Conn) []*Conn {
 	n := now.UnixNano()
-	acPing := h.ac.ping(now)
+	acPing := h.ac.pingFrame(now)
 	for i := range h.shards {
 		s := &h.shards[i]
 		batch = batch[:0]

@@ -20,7 +20,7 @@ import (
 // setHandlers installs the handlers of the frames ReadMessage deals with
 // itself. They run in the read loop's goroutine, inside ReadMessage.
 func (c *Conn) setHandlers(ws *websocket.Conn) {
-	ws.SetReadLimit(c.hub.cfg.MaxMessageSize)
+	// No read limit for the library: readMessage enforces it (readlimit.go).
 	// Control frames never come out of ReadMessage, so they are counted
 	// here: as signs of life, and against the rate limit, or a client
 	// could flood the node with pings at no cost to itself.
@@ -156,12 +156,16 @@ func (c *Conn) watchReadable() {
 func (c *Conn) readOne(ws *websocket.Conn) bool {
 	cfg := &c.hub.cfg
 	m := c.hub.metrics
-	typ, data, err := ws.ReadMessage()
+	typ, data, tooBig, err := readMessage(ws, cfg.MaxMessageSize)
 	now := time.Now().UnixNano()
 	c.lastSeen.Store(now)
 	if err != nil {
 		c.readFailed(err)
 		return false
+	}
+	if tooBig {
+		c.closeWith(websocket.CloseMessageTooBig, "message too big", ByTooBig)
+		return true
 	}
 	m.messagesIn.Inc()
 	m.bytesIn.Add(float64(len(data)))
@@ -216,7 +220,7 @@ func (c *Conn) readFailed(err error) {
 	case errors.As(err, &ce):
 		c.decide(closing{code: ce.Code, reason: ce.Text, by: ByClient})
 	case errors.Is(err, websocket.ErrReadLimit):
-		// The library has sent the 1009 close frame itself.
+		// A length that overflows: the library sends no close frame.
 		c.decide(closing{code: websocket.CloseMessageTooBig, reason: "message too big", by: ByTooBig})
 	case isNetErr(err):
 		c.decide(closing{code: closeNoFrame, by: ByClient})

@@ -55,6 +55,9 @@ func (a *fakeApp) serve(ctx *fasthttp.RequestCtx) {
 		if sub := ctx.QueryArgs().Peek("sub"); len(sub) > 0 {
 			ctx.Response.Header.SetBytesV("Cablecar-Subscribe", sub)
 		}
+		if proto := ctx.QueryArgs().Peek("proto"); len(proto) > 0 {
+			ctx.Response.Header.SetBytesV("Sec-WebSocket-Protocol", proto)
+		}
 		ctx.SetStatusCode(200)
 		return
 	}

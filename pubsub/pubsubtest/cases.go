@@ -42,6 +42,8 @@ func testDeliversOnce(t *testing.T, e *env) {
 		{Channel: ch, Data: []byte("héllo ✓ \"quoted\" \n"), Except: e.prefix + "conn-1"},
 		{Channel: ch, Data: []byte{}},
 		{Channel: ch, Data: big, Binary: true, Except: "x"},
+		// A close of the channel's subscribers goes where a broadcast goes.
+		{Channel: ch, Close: &pubsub.ChannelClose{Code: 4000, Reason: "bye", NoReconnect: true}},
 	}
 	for _, m := range want {
 		e.publish(t, m)

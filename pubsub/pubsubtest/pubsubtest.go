@@ -196,7 +196,8 @@ func assertMessages(t *testing.T, got, want []pubsub.Message) {
 // messageEqual compares byte for byte; nil and empty data are the same
 // message, as a network cannot tell them apart.
 func messageEqual(a, b pubsub.Message) bool {
-	return a.Channel == b.Channel && bytes.Equal(a.Data, b.Data) && a.Binary == b.Binary && a.Except == b.Except
+	return a.Channel == b.Channel && bytes.Equal(a.Data, b.Data) && a.Binary == b.Binary && a.Except == b.Except &&
+		(a.Close == nil) == (b.Close == nil) && (a.Close == nil || *a.Close == *b.Close)
 }
 
 func commandEqual(a, b pubsub.Command) bool {
@@ -227,7 +228,11 @@ func describe(msgs []pubsub.Message) string {
 		if len(d) > 40 {
 			d = d[:40]
 		}
-		fmt.Fprintf(&b, "{%q %q (%d bytes) binary=%v except=%q}", m.Channel, d, len(m.Data), m.Binary, m.Except)
+		fmt.Fprintf(&b, "{%q %q (%d bytes) binary=%v except=%q", m.Channel, d, len(m.Data), m.Binary, m.Except)
+		if m.Close != nil {
+			fmt.Fprintf(&b, " close=%+v", *m.Close)
+		}
+		b.WriteString("}")
 	}
 	return "[" + b.String() + "]"
 }

@@ -17,6 +17,18 @@
 // the idle cost, which is also reported subtracted. Its own CPU (the
 // clients' and the publisher's) is reported separately.
 //
+// With -actioncable I, the clients speak ActionCable (SPEC §9): each dials
+// offering actioncable-v1-json as @rails/actioncable does and reads its
+// welcome; once every client is connected, all of them send a subscribe
+// for identifier I at once (a Turbo page's stream, confirmed by Cablecar's
+// fast lane), and the rate of confirmations and the server's CPU per
+// subscribe are reported; broadcasts then arrive as
+// {"identifier":I,"message":"t=…"}.
+//
+// With -pid, the server's resident memory (VmRSS) is read before the
+// first dial and once every client is connected (and subscribed), and
+// reported per connection.
+//
 // One JSON line goes to stdout, one line for people to stderr.
 package main
 
@@ -64,6 +76,12 @@ type result struct {
 	ClientCPUS       float64 `json:"client_cpu_s"`
 	ClientUsPerDel   float64 `json:"client_cpu_us_per_delivery"`
 	Dropped          int64   `json:"clients_dropped"`
+	RSSPerConn       float64 `json:"server_rss_bytes_per_conn,omitempty"`
+	RSSPerConnIdle   float64 `json:"server_rss_bytes_per_conn_after_idle,omitempty"`
+	StackPerConn     float64 `json:"server_stack_bytes_per_conn,omitempty"`
+	HeapPerConn      float64 `json:"server_heap_inuse_bytes_per_conn,omitempty"`
+	SubscribePerS    float64 `json:"subscribe_per_s,omitempty"`
+	ServerUsPerSub   float64 `json:"server_cpu_us_per_subscribe,omitempty"`
 }
 
 func main() {
@@ -76,6 +94,7 @@ func main() {
 	pid := flag.Int("pid", 0, "Cablecar's process id, for its CPU time (0: not measured)")
 	idle := flag.Duration("idle", 2*time.Second, "how long the idle CPU is measured before publishing")
 	wait := flag.Duration("wait", 30*time.Second, "how long to wait for the last deliveries")
+	flag.StringVar(&acIdentifier, "actioncable", "", "speak ActionCable and subscribe with this identifier (JSON text)")
 	flag.Parse()
 	if *url == "" || *admin == "" || *n < 1 || *n > maxConns || *msgs < 1 || *msgs > maxMsgs || *interval < 0 {
 		fmt.Fprintf(os.Stderr, "wsfanout: -url and -admin are required; 1 ≤ -n ≤ %d, 1 ≤ -msgs ≤ %d\n", maxConns, maxMsgs)
@@ -88,17 +107,55 @@ func main() {
 	}
 	line, _ := json.Marshal(res)
 	fmt.Println(string(line))
-	fmt.Fprintf(os.Stderr, "wsfanout: %d msgs @%v to %d: %d/%d delivered; p50 %.1f ms, p99 %.1f ms, max %.1f ms; server %.2f µs/delivery (%.2f beyond idle), clients %.2f µs/delivery\n",
+	fmt.Fprintf(os.Stderr, "wsfanout: %d msgs @%v to %d: %d/%d delivered; p50 %.1f ms, p99 %.1f ms, max %.1f ms; server %.2f µs/delivery (%.2f beyond idle), clients %.2f µs/delivery; server RSS %.0f B/conn (%.0f after idle; stacks %.0f, heap in use %.0f)\n",
 		res.Msgs, *interval, res.Conns, res.Delivered, res.Expected, res.P50Ms, res.P99Ms, res.MaxMs,
-		res.ServerUsPerDel, res.ServerUsPerDelX, res.ClientUsPerDel)
+		res.ServerUsPerDel, res.ServerUsPerDelX, res.ClientUsPerDel, res.RSSPerConn, res.RSSPerConnIdle, res.StackPerConn, res.HeapPerConn)
+	if acIdentifier != "" {
+		fmt.Fprintf(os.Stderr, "wsfanout: %.0f subscribes/s, server %.1f µs/subscribe\n", res.SubscribePerS, res.ServerUsPerSub)
+	}
+}
+
+// acIdentifier is -actioncable: "" for plain WebSockets.
+var acIdentifier string
+
+var (
+	acMessage = []byte(`"message":"t=`)
+	acConfirm = []byte(`"type":"confirm_subscription"`)
+)
+
+// due is the time a broadcast carries, from a plain frame (t=…) or an
+// ActionCable one ({"identifier":I,"message":"t=…"}).
+func due(data []byte) (int64, bool) {
+	if acIdentifier != "" {
+		i := bytes.Index(data, acMessage)
+		if i < 0 {
+			return 0, false
+		}
+		data = data[i+len(acMessage):]
+		if j := bytes.IndexByte(data, '"'); j >= 0 {
+			data = data[:j]
+		}
+	} else {
+		data = bytes.TrimPrefix(data, []byte("t="))
+	}
+	t, err := strconv.ParseInt(string(data), 10, 64)
+	return t, err == nil
 }
 
 func run(url, admin, channel string, n, msgs int, interval time.Duration, pid int, idle, wait time.Duration) (*result, error) {
 	lat := make([]int64, n*msgs) // nanoseconds, in order of receipt
-	var got, dropped atomic.Int64
+	var got, dropped, confirmed atomic.Int64
+	rss0, stack0, heap0 := 0.0, 0.0, 0.0
+	if pid != 0 {
+		rss0 = procRSS(pid)
+		stack0, heap0 = metric(admin, "go_memstats_stack_inuse_bytes"), metric(admin, "go_memstats_heap_inuse_bytes")
+	}
 	clients := make([]*websocket.Conn, n)
 	var readers sync.WaitGroup
 	dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
+	if acIdentifier != "" {
+		dialer.Subprotocols = []string{"actioncable-v1-json", "actioncable-unsupported"}
+	}
 	start := time.Now()
 	errs := make(chan error, n)
 	sem := make(chan struct{}, 32)
@@ -120,6 +177,14 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 				errs <- err
 				return
 			}
+			if acIdentifier != "" {
+				// The welcome first: the connection is then accepted.
+				if _, data, err := ws.ReadMessage(); err != nil || !bytes.Contains(data, []byte(`"welcome"`)) {
+					errs <- fmt.Errorf("no welcome: %q %v", data, err)
+					ws.Close()
+					return
+				}
+			}
 			clients[i] = ws
 			readers.Go(func() {
 				for {
@@ -131,8 +196,11 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 						}
 						return
 					}
-					due, err := strconv.ParseInt(string(bytes.TrimPrefix(data, []byte("t="))), 10, 64)
-					if err != nil {
+					due, ok := due(data)
+					if !ok {
+						if acIdentifier != "" && bytes.Contains(data, acConfirm) {
+							confirmed.Add(1)
+						}
 						continue
 					}
 					if k := got.Add(1) - 1; k < int64(len(lat)) {
@@ -156,13 +224,47 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 		readers.Wait()
 	}()
 
+	if acIdentifier != "" {
+		// Every client subscribes at once; the phase ends with the last
+		// confirmation.
+		cmd, _ := json.Marshal(map[string]string{"command": "subscribe", "identifier": acIdentifier})
+		cpu0, t0 := 0.0, time.Now()
+		if pid != 0 {
+			cpu0 = procCPU(pid)
+		}
+		var subs sync.WaitGroup
+		for part := range 32 {
+			subs.Go(func() {
+				for i := part; i < n; i += 32 {
+					clients[i].WriteMessage(websocket.TextMessage, cmd)
+				}
+			})
+		}
+		subs.Wait()
+		deadline := time.Now().Add(wait)
+		for confirmed.Load() < int64(n) && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if c := confirmed.Load(); c < int64(n) {
+			return nil, fmt.Errorf("%d of %d subscribes confirmed within %v", c, n, wait)
+		}
+		took := time.Since(t0).Seconds()
+		res.SubscribePerS = float64(n) / took
+		if pid != 0 {
+			res.ServerUsPerSub = (procCPU(pid) - cpu0) / float64(n) * 1e6
+		}
+	}
 	var idleRate float64
 	if pid != 0 {
 		// Let the accepts' work settle, then take the idle cost.
 		time.Sleep(time.Second)
+		res.RSSPerConn = (procRSS(pid) - rss0) / float64(n)
+		res.StackPerConn = (metric(admin, "go_memstats_stack_inuse_bytes") - stack0) / float64(n)
+		res.HeapPerConn = (metric(admin, "go_memstats_heap_inuse_bytes") - heap0) / float64(n)
 		c0, t0 := procCPU(pid), time.Now()
 		time.Sleep(idle)
 		idleRate = (procCPU(pid) - c0) / time.Since(t0).Seconds()
+		res.RSSPerConnIdle = (procRSS(pid) - rss0) / float64(n)
 		res.ServerIdleCPUS = idleRate
 	}
 	self0 := selfCPU()
@@ -232,6 +334,40 @@ func procCPU(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ, 100 on Linux
+}
+
+// metric is one unlabelled value from the server's /metrics, 0 if absent.
+func metric(admin, name string) float64 {
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	for line := range strings.Lines(b.String()) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// procRSS is a process's resident memory, in bytes (VmRSS).
+func procRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wsfanout:", err)
+		os.Exit(1)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024
+		}
+	}
+	return 0
 }
 
 func selfCPU() float64 {
