@@ -402,7 +402,7 @@ func TestJWKSHangingAtStart(t *testing.T) {
 func TestJWKSRotation(t *testing.T) {
 	k := keys()
 	srv := newJWKSServer(t, testJWK{kid: "2024-01", alg: "RS256", pub: k.rsa.Public()})
-	var logs syncBuffer
+	var logs testsupport.SyncBuffer
 	v := jwksVerifier(t, JWTConfig{JWKSURL: srv.URL}, zerolog.New(&logs), nil)
 	waitReady(t, v)
 	old := sign(t, jwt.SigningMethodRS256, k.rsa, "2024-01", claims())
@@ -535,22 +535,4 @@ func TestLimitedBody(t *testing.T) {
 		err := v.Ready(t.Context())
 		return err != nil && strings.Contains(err.Error(), "no usable signing keys")
 	})
-}
-
-// syncBuffer collects log lines written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package callback
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -46,24 +45,6 @@ func waitNoGoroutine(frame string, within time.Duration) string {
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	testsupport.Eventually(t, what, 5*time.Second, cond)
-}
-
-// syncBuffer collects log lines written from the streams' goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // gotEvent is an event as the app decodes it; pointers tell absent fields
@@ -251,7 +232,7 @@ func (a *fakeApp) maxes() (all, perConn int) {
 type testClient struct {
 	*Client
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *testsupport.SyncBuffer
 }
 
 func newTestClient(t *testing.T, network, addr string, tweak func(*Config)) *testClient {
@@ -270,7 +251,7 @@ func newTestClient(t *testing.T, network, addr string, tweak func(*Config)) *tes
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	reg := prometheus.NewRegistry()
 	c := New(cfg, zerolog.New(logs).Level(zerolog.DebugLevel), reg)
 	c.backoffBase = time.Millisecond

@@ -18,30 +18,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/internal/testsupport"
 )
-
-// syncBuffer collects log output written from the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type testProxy struct {
 	url  string
 	p    *Proxy
-	logs *syncBuffer
+	logs *testsupport.SyncBuffer
 }
 
 func testConfig(upstream string) Config {
@@ -61,7 +45,7 @@ func testConfig(upstream string) Config {
 
 func startProxy(t *testing.T, cfg Config) *testProxy {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testsupport.SyncBuffer{}
 	log := zerolog.New(logs)
 	p := New(cfg, log, prometheus.NewRegistry())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

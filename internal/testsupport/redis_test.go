@@ -36,7 +36,7 @@ func TestStartRedisReportsAServerThatExits(t *testing.T) {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed (make deps)")
 	}
-	var out syncBuffer
+	var out SyncBuffer
 	rec := &fatalRecorder{TB: t}
 	done := make(chan struct{})
 	go func() {
@@ -65,21 +65,4 @@ func TestClusterMasterRestarts(t *testing.T) {
 	if err := rdb.Set(context.Background(), "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

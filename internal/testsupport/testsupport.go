@@ -7,6 +7,8 @@
 package testsupport
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -37,4 +39,24 @@ func Poll(within time.Duration, cond func() bool) bool {
 		time.Sleep(pause)
 		pause = min(pause*2, 100*time.Millisecond)
 	}
+}
+
+// SyncBuffer is an io.Writer that several goroutines may write to at once
+// (a logger's output, a child process's), read back with String.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String is everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
