@@ -602,6 +602,7 @@ func TestUnknownEnvWarnings(t *testing.T) {
 		"CABLECAR_RAILS_THING=1",           // nothing close
 		"CABLECAR_CONFIG=",                 // known, not a key
 		"CABLECAR_LISTEN=:3000",            // known
+		"CABLECAR_ADMIN_URL=http://x:9394", // the gem's own (SPEC §7)
 		"PATH=/usr/bin",                    // not ours
 		"NOEQUALS",
 	}

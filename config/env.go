@@ -38,6 +38,11 @@ func (l *loader) loadEnv(env map[string]string) error {
 	return nil
 }
 
+// gemEnv are the variables the Ruby gem documents as its own (ruby/README.md,
+// Cablecar.configure): a container that shares the app's environment has
+// them set on purpose, so they are not warned about (SPEC §7).
+var gemEnv = map[string]bool{"CABLECAR_ADMIN_URL": true}
+
 // unknownEnv lists the CABLECAR_* variables that name no key, as
 // warnings: the app's container often shares the environment and may use
 // the prefix for its own settings, so they must not stop start-up.
@@ -50,7 +55,7 @@ func unknownEnv(env map[string]string) []string {
 	var warnings []string
 	for name := range env {
 		rest, ok := strings.CutPrefix(name, envPrefix)
-		if !ok || s.byEnv[name] != nil || name == configEnv {
+		if !ok || s.byEnv[name] != nil || name == configEnv || gemEnv[name] {
 			continue
 		}
 		hints := suggest(rest, rest, known, "_")
