@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/pubsub"
 )
 
@@ -289,11 +290,11 @@ func (a *api) close(ctx context.Context, body []byte) (any, error) {
 	if in.Code != nil {
 		code = *in.Code
 	}
-	if code != 1000 && (code < 3000 || code > 4999) {
+	if !callback.AppCloseCode(code) {
 		return nil, badRequest("\"code\" %d: use 1000 or 3000–4999 (the others are the protocol's)", code)
 	}
-	if len(in.Reason) > 123 || !utf8.ValidString(in.Reason) {
-		return nil, badRequest("\"reason\" must be valid UTF-8 of at most 123 bytes")
+	if len(in.Reason) > callback.MaxCloseReasonSize || !utf8.ValidString(in.Reason) {
+		return nil, badRequest("\"reason\" must be valid UTF-8 of at most %d bytes", callback.MaxCloseReasonSize)
 	}
 	noReconnect := in.Reconnect != nil && !*in.Reconnect
 	if in.Channel != "" {

@@ -19,6 +19,10 @@ const (
 	MaxCloseReasonSize = 123
 )
 
+// AppCloseCode reports whether the app (a reply, or the admin API) may ask
+// for code: 1000, or its own 3000–4999; the others are the protocol's.
+func AppCloseCode(code int) bool { return code == 1000 || (code >= 3000 && code <= 4999) }
+
 // Frame is one message for the client.
 type Frame struct {
 	Data   []byte
@@ -364,7 +368,7 @@ func parseClose(raw json.RawMessage) (*CloseRequest, error) {
 		if err := json.Unmarshal(c.Code, &cr.Code); err != nil {
 			return nil, invalid("close.code", "must be an integer")
 		}
-		if cr.Code != 1000 && (cr.Code < 3000 || cr.Code > 4999) {
+		if !AppCloseCode(cr.Code) {
 			return nil, invalid("close.code", fmt.Sprintf("is %d: only 1000 and 3000–4999 may be asked for", cr.Code))
 		}
 	}
