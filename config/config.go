@@ -54,7 +54,11 @@ type Config struct {
 	Auth      Auth      `key:"auth"`
 	// ActionCable is the `actioncable` section (SPEC §9).
 	ActionCable ActionCable `key:"actioncable"`
-	Log         Log         `key:"log"`
+	// History is the `history` section (SPEC §10).
+	History History `key:"history"`
+	// Presence is the `presence` section (SPEC §11).
+	Presence Presence `key:"presence"`
+	Log      Log      `key:"log"`
 }
 
 // Upstream is where the app listens: Network "tcp" with Address
@@ -166,6 +170,10 @@ type WebSocket struct {
 	// AllowedOrigins are the exact origins browsers may connect from, or
 	// "*" for any; empty allows only the request's own host.
 	AllowedOrigins []string `key:"allowed_origins" default:"" check:"origin"`
+	// ShutdownGrace is how long, on shutdown, the replies to `shutdown`
+	// events (Iodine's on_shutdown) have to be delivered before every
+	// connection is closed with 1012; 0s sends no shutdown events.
+	ShutdownGrace time.Duration `key:"shutdown_grace" default:"3s" zero:"ok"`
 }
 
 // RateLimit is a token bucket over the messages one client sends.
@@ -247,6 +255,28 @@ type ActionCable struct {
 	// SessionTTL is how long an actioncable-v1-ext-json session can be
 	// restored after its socket ended (SPEC §10); 0s turns restore off.
 	SessionTTL time.Duration `key:"session_ttl" default:"2m" zero:"ok"`
+}
+
+// History keeps the last messages of each channel so a client that
+// reconnects can resume from its position (SPEC §10).
+type History struct {
+	// Size is how many messages each channel keeps; 0 keeps none.
+	Size int `key:"size" default:"0" min:"0" max:"1000000"`
+	// TTL is how long a recorded message is kept.
+	TTL time.Duration `key:"ttl" default:"5m"`
+	// Channels limits history to these channels (a trailing * matches
+	// any suffix); empty means every channel.
+	Channels []string `key:"channels" default:"" check:"channel_pattern"`
+}
+
+// Presence tracks who is in a channel across nodes (SPEC §11).
+type Presence struct {
+	// LeaveDelay is how long after its last connection dropped a presence
+	// id leaves, so a blip or a reconnect race is not a leave.
+	LeaveDelay time.Duration `key:"leave_delay" default:"5s" zero:"ok"`
+	// CallbackPath, when set, is where every join and leave is POSTed to
+	// the app; empty means none.
+	CallbackPath string `key:"callback_path" default:"" check:"path"`
 }
 
 // Log is where and how much Cablecar logs.

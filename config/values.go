@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"github.com/cablecar/cablecar/pubsub"
 	"math"
 	"net"
 	"net/netip"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cablecar/cablecar/pubsub"
 )
 
 // The parsers below return errors that complete a sentence starting with
@@ -281,6 +282,20 @@ var checks = map[string]func(string) error{
 	"header":          checkHeaderName,
 	"path":            checkPath,
 	"nonempty":        checkNonEmpty,
+	"channel_pattern": checkChannelPattern,
+}
+
+// checkChannelPattern accepts a channel name (SPEC §4), or one ending in
+// "*" to match every channel with that prefix ("*" alone: all).
+func checkChannelPattern(s string) error {
+	name, prefix := strings.CutSuffix(s, "*")
+	if prefix && name == "" {
+		return nil
+	}
+	if err := pubsub.ValidateChannel(name); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "channel name "))
+	}
+	return nil
 }
 
 func checkNonEmpty(s string) error {
