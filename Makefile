@@ -6,7 +6,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 
 # What the tests run for real: Redis, Ruby with Rack, Puma, and Chromium for
 # the browser test of the chat example (Debian packages).
-TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties puma chromium
+TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties ruby-rails ruby-sqlite3 puma chromium
 BENCH_PKGS := nginx-light wrk
 
 .PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo soak
