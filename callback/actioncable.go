@@ -30,7 +30,10 @@ func appendActionCable(dst []byte, ev *Event, states map[string]string) []byte {
 			dst = append(dst, `,"data":`...)
 			dst = jsontext.AppendString(dst, bytesString(ev.Data))
 		}
-		if st, ok := states[ev.Identifier]; ok {
+		if ev.HasState {
+			dst = append(dst, `,"channel_state":`...)
+			dst = jsontext.AppendString(dst, ev.State)
+		} else if st, ok := states[ev.Identifier]; ok && ev.Type != EventUnsubscribe {
 			dst = append(dst, `,"channel_state":`...)
 			dst = jsontext.AppendString(dst, st)
 		}

@@ -16,6 +16,11 @@ func TestActionCableEventBody(t *testing.T) {
 		{ev: Event{Type: EventSubscribe, Identifier: `{"channel":"A"}`}, n: 1},
 		{ev: Event{Type: EventPerform, Identifier: `{"channel":"A"}`, Data: []byte(`{"action":"speak"}`)}, n: 2},
 		{ev: Event{Type: EventUnsubscribe, Identifier: `{"channel":"B"}`}, n: 3},
+		// Dropped before the request is built: its state rides on the event.
+		{ev: Event{Type: EventUnsubscribe, Identifier: `{"channel":"C"}`, State: "st=c", HasState: true}, n: 6},
+		// An unsubscribe never takes the state of a later subscription to
+		// the same identifier.
+		{ev: Event{Type: EventUnsubscribe, Identifier: `{"channel":"A"}`}, n: 7},
 		{ev: Event{Type: EventClose, Code: 1000, By: "client", Identifiers: []string{`{"channel":"A"}`}}, n: 4},
 		{ev: Event{Type: EventClose, Code: 1000, By: "client", Identifiers: []string{}}, n: 5},
 	}
@@ -29,6 +34,8 @@ func TestActionCableEventBody(t *testing.T) {
 		{"id": "c1:1", "type": "subscribe", "identifier": `{"channel":"A"}`, "channel_state": "st=1"},
 		{"id": "c1:2", "type": "perform", "identifier": `{"channel":"A"}`, "data": `{"action":"speak"}`, "channel_state": "st=1"},
 		{"id": "c1:3", "type": "unsubscribe", "identifier": `{"channel":"B"}`},
+		{"id": "c1:6", "type": "unsubscribe", "identifier": `{"channel":"C"}`, "channel_state": "st=c"},
+		{"id": "c1:7", "type": "unsubscribe", "identifier": `{"channel":"A"}`},
 		{"id": "c1:4", "type": "close", "code": 1000.0, "reason": "", "by": "client", "identifiers": []any{`{"channel":"A"}`}},
 		{"id": "c1:5", "type": "close", "code": 1000.0, "reason": "", "by": "client", "identifiers": []any{}},
 	}

@@ -33,6 +33,13 @@ type Event struct {
 	// ActionCable connections (SPEC §9; actioncable.go).
 	Identifier  string   // subscribe, perform, unsubscribe: the subscription
 	Identifiers []string // close only: the subscriptions still held; nil on other connections
+	// State is the subscription's channel_state when the event was
+	// queued, for an event whose subscription may be gone by the time the
+	// request is built (unsubscribe: SPEC §9, an event about I carries
+	// I's state); HasState says it was taken. Other events read the
+	// state current when the request is built (ConnInfo.ChannelStates).
+	State    string
+	HasState bool
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken

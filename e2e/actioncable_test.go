@@ -268,6 +268,26 @@ func testACSubscribePerform(t *testing.T, e *acEnv) {
 		t.Fatalf("second event %v: want the perform with its data and channel_state", evs[1])
 	}
 
+	// An unsubscribe carries the state its subscription had, though the
+	// subscription is gone by the time the event is posted.
+	id2 := acID("ChatChannel", map[string]any{"room": uniqueID(t) + "-2", "greet": "again"})
+	cl.subscribe(id2)
+	cl.expect(wsWait, messageFrame(id2, map[string]any{"greeting": "again"})) // its reply is applied
+	cl.command("unsubscribe", id2, "")
+	var unsub map[string]any
+	WaitFor(t, wsWait, "the unsubscribe event", func() bool {
+		for _, ev := range acEvents(t, e.p, cl.id) {
+			if ev["type"] == "unsubscribe" && ev["identifier"] == id2 {
+				unsub = ev
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.HasPrefix(fmt.Sprint(unsub["channel_state"]), "streams=ChatChannel:") {
+		t.Fatalf("unsubscribe event %v: want the channel_state its subscribe set", unsub)
+	}
+
 	// A close lists the identifiers still subscribed.
 	cl.CloseWith(wsWait, websocket.CloseNormalClosure, "")
 	var closeEv map[string]any

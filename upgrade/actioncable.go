@@ -159,9 +159,11 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 			return
 		}
 		ac.opMu.Lock()
-		c.acDropSub(cmd.Identifier)
+		state, hasState := c.acDropSub(cmd.Identifier)
 		ac.opMu.Unlock()
-		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier})
+		// The state goes with the event: the subscription is gone by the
+		// time its request is built, and the app's unsubscribed needs it.
+		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier, State: state, HasState: hasState})
 	default:
 		// The ext protocol's commands (history, pong, presence) are for
 		// ext connections, which are not spoken yet.
@@ -219,14 +221,15 @@ func (c *Conn) acAddSub(id string) {
 }
 
 // acDropSub ends a subscription and its streams. The caller holds opMu.
-func (c *Conn) acDropSub(id string) {
+func (c *Conn) acDropSub(id string) (state string, hasState bool) {
 	ac := c.ac
 	ac.mu.Lock()
 	sub := ac.subs[id]
 	if sub == nil {
 		ac.mu.Unlock()
-		return
+		return "", false
 	}
+	state, hasState = sub.state, sub.hasState
 	delete(ac.subs, id)
 	if i := slices.Index(ac.order, id); i >= 0 {
 		ac.order = slices.Delete(ac.order, i, i+1)
@@ -235,6 +238,7 @@ func (c *Conn) acDropSub(id string) {
 	ac.mu.Unlock()
 	c.unsubscribe(left...)
 	c.acTracked()
+	return state, hasState
 }
 
 // acStream makes subscription id stream from stream, joining its channel
