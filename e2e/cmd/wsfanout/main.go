@@ -95,7 +95,16 @@ func main() {
 	idle := flag.Duration("idle", 2*time.Second, "how long the idle CPU is measured before publishing")
 	wait := flag.Duration("wait", 30*time.Second, "how long to wait for the last deliveries")
 	flag.StringVar(&acIdentifier, "actioncable", "", "speak ActionCable and subscribe with this identifier (JSON text)")
+	flag.StringVar(&peer, "peer", "", "measure a peer instead of Cablecar: anycable (ActionCable, a $pubsub public stream) or centrifugo (its JSON protocol)")
+	flag.StringVar(&publishTo, "publish", "", "publish through redis://host:port (Cablecar: PUBLISH <prefix><channel>; anycable: its legacy Redis broadcast) or, for centrifugo, its http API URL; default: Cablecar's admin API")
 	flag.Parse()
+	if err := setPeer(); err != nil {
+		fmt.Fprintln(os.Stderr, "wsfanout:", err)
+		os.Exit(2)
+	}
+	if *admin == "" && peer != "" {
+		*admin = "-" // peers have no Cablecar admin API
+	}
 	if *url == "" || *admin == "" || *n < 1 || *n > maxConns || *msgs < 1 || *msgs > maxMsgs || *interval < 0 {
 		fmt.Fprintf(os.Stderr, "wsfanout: -url and -admin are required; 1 ≤ -n ≤ %d, 1 ≤ -msgs ≤ %d\n", maxConns, maxMsgs)
 		os.Exit(2)
@@ -126,7 +135,16 @@ var (
 // due is the time a broadcast carries, from a plain frame (t=…) or an
 // ActionCable one ({"identifier":I,"message":"t=…"}).
 func due(data []byte) (int64, bool) {
-	if acIdentifier != "" {
+	if peer == "centrifugo" {
+		i := bytes.Index(data, cfData)
+		if i < 0 {
+			return 0, false
+		}
+		data = data[i+len(cfData):]
+		if j := bytes.IndexByte(data, '"'); j >= 0 {
+			data = data[:j]
+		}
+	} else if acIdentifier != "" {
 		i := bytes.Index(data, acMessage)
 		if i < 0 {
 			return 0, false
@@ -150,6 +168,11 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 		rss0 = procRSS(pid)
 		stack0, heap0 = metric(admin, "go_memstats_stack_inuse_bytes"), metric(admin, "go_memstats_heap_inuse_bytes")
 	}
+	pub, err := newPublisher(admin, channel)
+	if err != nil {
+		return nil, err
+	}
+	defer pub.close()
 	clients := make([]*websocket.Conn, n)
 	var readers sync.WaitGroup
 	dialer := websocket.Dialer{HandshakeTimeout: 30 * time.Second}
@@ -177,7 +200,13 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 				errs <- err
 				return
 			}
-			if acIdentifier != "" {
+			if peer == "centrifugo" {
+				if err := centrifugoConnect(ws); err != nil {
+					errs <- err
+					ws.Close()
+					return
+				}
+			} else if acIdentifier != "" {
 				// The welcome first: the connection is then accepted.
 				if _, data, err := ws.ReadMessage(); err != nil || !bytes.Contains(data, []byte(`"welcome"`)) {
 					errs <- fmt.Errorf("no welcome: %q %v", data, err)
@@ -198,7 +227,12 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 					}
 					due, ok := due(data)
 					if !ok {
-						if acIdentifier != "" && bytes.Contains(data, acConfirm) {
+						switch {
+						case peer == "centrifugo" && isCentrifugoPing(data):
+							ws.WriteMessage(websocket.TextMessage, data) // its pong is the same {}
+						case peer == "centrifugo" && bytes.Contains(data, cfSubscribed):
+							confirmed.Add(1)
+						case acIdentifier != "" && bytes.Contains(data, acConfirm):
 							confirmed.Add(1)
 						}
 						continue
@@ -224,10 +258,13 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 		readers.Wait()
 	}()
 
-	if acIdentifier != "" {
+	if acIdentifier != "" || peer == "centrifugo" {
 		// Every client subscribes at once; the phase ends with the last
 		// confirmation.
 		cmd, _ := json.Marshal(map[string]string{"command": "subscribe", "identifier": acIdentifier})
+		if peer == "centrifugo" {
+			cmd = centrifugoSubscribe(channel)
+		}
 		cpu0, t0 := 0.0, time.Now()
 		if pid != 0 {
 			cpu0 = procCPU(pid)
@@ -281,14 +318,8 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 			time.Sleep(d)
 		}
 		late = append(late, time.Since(due))
-		body := fmt.Sprintf(`{"channel":%q,"data":"t=%d"}`, channel, due.UnixNano())
-		resp, err := client.Post(admin+"/publish", "application/json", strings.NewReader(body))
-		if err != nil {
+		if err := pub.publish(client, "t="+strconv.FormatInt(due.UnixNano(), 10)); err != nil {
 			return nil, fmt.Errorf("publish: %w", err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("publish: %s", resp.Status)
 		}
 	}
 	deadline := time.Now().Add(wait)
@@ -338,6 +369,9 @@ func procCPU(pid int) float64 {
 
 // metric is one unlabelled value from the server's /metrics, 0 if absent.
 func metric(admin, name string) float64 {
+	if peer != "" {
+		return 0
+	}
 	resp, err := http.Get(admin + "/metrics")
 	if err != nil {
 		return 0
