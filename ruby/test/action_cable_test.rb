@@ -326,6 +326,28 @@ class ActionCableTest < Minitest::Test
     assert_equal [[:connect, "alice"], [:unsubscribed, "alice", nil], [:disconnect, "alice"]], CableTest::LOG
   end
 
+  # The close event lists identifiers without their channel_state: the
+  # connection's state mirrors them, so unsubscribed sees what the channel
+  # kept, and the mirror forgets a subscription that ended.
+  def test_the_connection_state_mirrors_channel_states_for_close
+    a = ident("ChatChannel", room: "a")
+    b = ident("ChatChannel", room: "b")
+    r = events([{ "type" => "subscribe", "identifier" => a }, { "type" => "subscribe", "identifier" => b }])
+    conn_state = r.fetch("state")
+    kept = JSON.parse(conn_state)
+    assert_equal "gid://cabletest/CableTest::User/1", kept.dig("ids", "current_user", "$gid")
+    assert_equal 2, kept["subs"].size
+
+    r = events([{ "type" => "unsubscribe", "identifier" => b }], conn_state: conn_state)
+    assert_includes CableTest::LOG, [:unsubscribed, "alice", "b"], "an unsubscribe without channel_state reads the mirror"
+    conn_state = r.fetch("state")
+    assert_equal 1, JSON.parse(conn_state)["subs"].size
+
+    close = { "type" => "close", "code" => 1000, "reason" => "", "by" => "client", "identifiers" => [a] }
+    events([close], conn_state: conn_state)
+    assert_equal [[:unsubscribed, "alice", "a"], [:disconnect, "alice"]], CableTest::LOG.last(2)
+  end
+
   def test_connection_close_from_a_channel
     id = ident("ChatChannel", room: "lobby")
     r = events([{ "type" => "perform", "identifier" => id, "data" => '{"action":"kick"}' }])

@@ -20,10 +20,17 @@ module Cablecar
         @streams = {}
         @transmit = []
         @states = {}
+        @gone = []
         @close = nil
+        @state = nil
       end
 
-      attr_reader :close
+      # close: the connection's close, if asked; states: the channel_state
+      # each subscription got in this batch; gone: the subscriptions that
+      # ended in it (rejected, unsubscribed, closed).
+      attr_reader :close, :states, :gone
+      # The connection's new Cablecar-State, when it changed.
+      attr_accessor :state
 
       # connection.transmit: the frames ActionCable would write to the
       # socket. Confirmations, rejections and messages of a subscription;
@@ -40,6 +47,7 @@ module Cablecar
 
       def reject(id)
         @reject << id unless @reject.include?(id)
+        @gone << id
         @confirm.delete(id)
         @streams.delete(id)
         @states.delete(id)
@@ -72,12 +80,14 @@ module Cablecar
       # The subscription is gone (unsubscribed, or the connection closed):
       # Cablecar dropped its streams itself, and nothing more reaches it.
       def forget(id)
+        @gone << id
         @streams.delete(id)
         @states.delete(id)
         @transmit.reject! { |t| t["identifier"] == id }
       end
 
       def channel_state(id, text)
+        @gone.delete(id)
         @states[id] = text
       end
 
@@ -95,6 +105,7 @@ module Cablecar
       # ActionCable's coder encodes them.
       def to_h
         out = {}
+        out["state"] = @state if @state
         out["confirm"] = @confirm unless @confirm.empty?
         out["reject"] = @reject unless @reject.empty?
         stops = []

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "logger"
+require "digest"
 
 module Cablecar
   module ActionCable
@@ -18,8 +19,15 @@ module Cablecar
     #   the channel class the identifier names, new for each event.
     class Runner
       PROTOCOL = "actioncable-v1-json"
-      # The connection's Cablecar-State: {"ids": {name: value}}.
+      # The connection's Cablecar-State: {"ids": {name: value}, "subs":
+      # {key: channel_state}}. ids are the identified_by values. subs
+      # mirror each subscription's channel_state (keyed by a digest of its
+      # identifier, to save room), because SPEC §9's close event lists the
+      # identifiers without their states (and a lost node's close comes
+      # from the registry, which keeps only the connection's state):
+      # unsubscribed on close reads the state from here.
       IDS = "ids"
+      SUBS = "subs"
 
       attr_reader :server
 
@@ -64,26 +72,55 @@ module Cablecar
       # A batch of events (env: the handshake's request rebuilt): the Reply.
       def events(env, batch)
         reply = Reply.new
-        ids = Values.parse(batch.dig("connection", "state"))[IDS]
-        conn = ConnectionRuntime.build(connection_class, @server, env, reply, identifiers: ids.is_a?(Hash) ? ids : {})
+        kept = Values.parse(batch.dig("connection", "state"))
+        ids = kept[IDS].is_a?(Hash) ? kept[IDS] : {}
+        subs = kept[SUBS].is_a?(Hash) ? kept[SUBS] : {}
+        conn = ConnectionRuntime.build(connection_class, @server, env, reply, identifiers: ids)
         batch["events"].each do |ev|
           id = ev["identifier"]
           case ev["type"]
-          when "subscribe" then subscribe(conn, id, state_of(reply, ev), reply)
-          when "perform" then perform(conn, id, ev["data"], state_of(reply, ev), reply)
-          when "unsubscribe" then unsubscribe(conn, id, state_of(reply, ev), reply)
-          when "close" then closed(conn, ev, reply)
+          when "subscribe" then subscribe(conn, id, state_of(reply, ev, subs), reply)
+          when "perform" then perform(conn, id, ev["data"], state_of(reply, ev, subs), reply)
+          when "unsubscribe" then unsubscribe(conn, id, state_of(reply, ev, subs), reply)
+          when "close" then closed(conn, ev, reply, subs)
           end
         end
+        mirror(reply, ids, subs)
         reply
+      end
+
+      # The key of an identifier in the mirror.
+      def self.sub_key(identifier)
+        Digest::SHA256.base64digest(identifier.to_s)[0, 16]
       end
 
       private
 
       # An event carries the state its subscription had when Cablecar sent
-      # the batch; what an earlier event of this batch set is newer.
-      def state_of(reply, ev)
-        reply.state_for(ev["identifier"]) || ev["channel_state"]
+      # the batch; what an earlier event of this batch set is newer; the
+      # mirror has it when the event came without.
+      def state_of(reply, ev, subs)
+        id = ev["identifier"]
+        reply.state_for(id) || ev["channel_state"] || subs[Runner.sub_key(id)]
+      end
+
+      # Brings the mirror up to date with this batch; the reply's state
+      # when it changed. A mirror that would not fit keeps what it had:
+      # that subscription's unsubscribed, on close, then sees no state.
+      def mirror(reply, ids, subs)
+        now = subs.dup
+        reply.gone.each { |id| now.delete(Runner.sub_key(id)) }
+        reply.states.each { |id, text| now[Runner.sub_key(id)] = text unless reply.gone.include?(id) }
+        return if now == subs
+
+        reply.state = begin
+          Values.generate({ IDS => ids, SUBS => now }, "the connection's state")
+        rescue StateTooLarge
+          logger.warn("cablecar: the channel states of #{ids.keys.join(', ')}'s subscriptions together pass " \
+                      "#{MAX_STATE_SIZE} bytes: unsubscribed on close will not see the newest ones")
+          reply.gone.each { |id| subs.delete(Runner.sub_key(id)) }
+          Values.generate({ IDS => ids, SUBS => subs }, "the connection's state")
+        end
       end
 
       def subscribe(conn, id, state, reply)
@@ -133,10 +170,9 @@ module Cablecar
       # The connection is gone (the client, Cablecar, or a lost node):
       # unsubscribed for each subscription it held, then disconnect, as
       # ActionCable does.
-      def closed(conn, ev, reply)
-        states = ev["channel_states"].is_a?(Hash) ? ev["channel_states"] : {}
+      def closed(conn, ev, reply, subs)
         Array(ev["identifiers"]).each do |id|
-          unsubscribe(conn, id, reply.state_for(id) || states[id], reply)
+          unsubscribe(conn, id, reply.state_for(id) || subs[Runner.sub_key(id)], reply)
         end
         conn.disconnect if conn.respond_to?(:disconnect)
       rescue StandardError => e
