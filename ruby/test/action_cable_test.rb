@@ -208,4 +208,10 @@ class ActionCableTest < Minitest::Test
     r = events([{ "type" => "perform", "identifier" => id, "data" => '{"action":"kick"}' }])
     assert_equal({ "code" => 1000, "reason" => "kicked", "reconnect" => false }, r["close"])
   end
+
+  def test_reject_unauthorized_connection_in_a_channel_closes
+    id = ident("ChatChannel", room: "lobby")
+    r = events([{ "type" => "perform", "identifier" => id, "data" => '{"action":"deny"}' }])
+    assert_equal({ "code" => 1000, "reason" => "unauthorized", "reconnect" => false }, r["close"])
+  end
 end

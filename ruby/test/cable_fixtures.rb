@@ -106,6 +106,10 @@ module CableTest
       connection.close(reason: "kicked", reconnect: false)
     end
 
+    def deny
+      connection.reject_unauthorized_connection
+    end
+
     private
 
     def greet
