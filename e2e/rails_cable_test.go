@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chromedp/chromedp"
 	"github.com/fasthttp/websocket"
 
 	"github.com/cablecar/cablecar/actioncable"
@@ -186,4 +187,44 @@ func countOf(list []string, s string) int {
 		}
 	}
 	return n
+}
+
+// TestRailsActionCableBrowser: two users chat in headless Chromium with
+// the real @rails/actioncable, served by the Rails app through Cablecar,
+// each in a browser context of its own (its own session cookie), the
+// channels being the app's ActionCable classes run by the gem.
+func TestRailsActionCableBrowser(t *testing.T) {
+	t.Parallel()
+	requireRails(t)
+	js := actionCableJS(t)
+	const secret = "rails-cable-browser-secret"
+	port := FreePort(t)
+	c := StartCablecar(t, CablecarOptions{
+		Upstream: "http://127.0.0.1:" + strconv.Itoa(port),
+		Config:   map[string]any{"callback.secret": secret, "actioncable.ping_interval": "1s"},
+	})
+	root := RepoRoot(t)
+	StartPuma(t, PumaOptions{Port: port, Rackup: filepath.Join(root, "testdata", "cablerails", "config.ru"), Env: map[string]string{
+		"RUBYLIB":                   filepath.Join(root, "ruby", "lib"),
+		"CABLECAR_CALLBACK_SECRET":  secret,
+		"CABLECAR_ADMIN_URL":        c.AdminURL,
+		"CABLERAILS_ACTIONCABLE_JS": js,
+	}})
+	b := StartBrowser(t)
+
+	pages := map[string]*Page{}
+	for _, name := range []string{"alice", "bob"} {
+		page := b.NewPage("rails-" + name)
+		page.Do("opening the chat as "+name, chromedp.Navigate(c.URL+"/chat?name="+name))
+		page.WaitJS(name+"'s subscription confirmed", `window.connected === 1`)
+		pages[name] = page
+	}
+	pages["alice"].Do("alice speaks", chromedp.Evaluate[chromedp.Void](`void say("hello bob")`))
+	pages["bob"].WaitJS("bob hears alice", `window.got.some(m => m.user === "alice" && m.text === "hello bob")`)
+	pages["bob"].Do("bob answers", chromedp.Evaluate[chromedp.Void](`void say("hi alice")`))
+	pages["alice"].WaitJS("alice hears bob", `window.got.some(m => m.user === "bob" && m.text === "hi alice")`)
+	// Each got the count of what they said, from the channel's state.
+	pages["alice"].WaitJS("alice's count", `window.got.some(m => m.said === 1)`)
+	pages["alice"].Screenshot("rails-actioncable-alice.png")
+	pages["bob"].Screenshot("rails-actioncable-bob.png")
 }

@@ -13,6 +13,10 @@
 # shows that later events look the user up only when they read it.
 #
 #   GET /login?name=N   signs in as alice, bob or carol (session cookie)
+#   GET /chat?name=N    signs in and answers a chat page that uses the
+#                       real @rails/actioncable (/actioncable.js, the file
+#                       named by CABLERAILS_ACTIONCABLE_JS) in the lobby:
+#                       say(text) speaks, window.got has what came
 #   GET /_record        {"record": [what the cable code did, in order],
 #                        "finds": User.find calls}
 #
@@ -75,17 +79,50 @@ class CableRails < Rails::Application
 
   routes.append do
     get "/login", to: "sessions#create"
+    get "/chat", to: "sessions#chat"
+    get "/actioncable.js", to: "sessions#actioncable_js"
     get "/_record", to: "sessions#record"
     get "/", to: "sessions#home"
   end
 end
 GlobalID.app = "cablerails"
 
+CHAT_PAGE = <<~HTML
+  <!doctype html>
+  <html><head><meta charset="utf-8"><title>cablerails chat</title></head>
+  <body><h1>lobby</h1><ul id="log"></ul>
+  <script src="/actioncable.js"></script>
+  <script>
+  window.got = []; window.connected = 0;
+  const consumer = ActionCable.createConsumer("/cable");
+  window.chat = consumer.subscriptions.create({channel: "ChatChannel", room: "lobby"}, {
+    connected() { window.connected++; },
+    received(data) {
+      window.got.push(data);
+      if (data.user) {
+        const li = document.createElement("li");
+        li.textContent = data.user + ": " + data.text;
+        document.getElementById("log").appendChild(li);
+      }
+    },
+  });
+  window.say = (text) => chat.perform("speak", {text: text});
+  </script></body></html>
+HTML
+
 class SessionsController < ActionController::Base
   def create
-    user = User.find_by_name(params.require(:name)) or return head(:not_found)
-    session[:user_id] = user.id
+    user = sign_in or return head(:not_found)
     render plain: "signed in as #{user.name}\n"
+  end
+
+  def chat
+    sign_in or return head(:not_found)
+    render html: CHAT_PAGE.html_safe
+  end
+
+  def actioncable_js
+    send_file ENV.fetch("CABLERAILS_ACTIONCABLE_JS"), type: "text/javascript", disposition: "inline"
   end
 
   def record
@@ -94,6 +131,14 @@ class SessionsController < ActionController::Base
 
   def home
     render plain: "cablerails\n"
+  end
+
+  private
+
+  def sign_in
+    user = User.find_by_name(params.require(:name))
+    session[:user_id] = user.id if user
+    user
   end
 end
 
