@@ -12,6 +12,10 @@ require_relative "cablecar/publisher"
 # Cablecar.send_to and Cablecar.close for reaching them from anywhere in the
 # app.
 module Cablecar
+  # A Rails app's own ActionCable channels behind Cablecar (loads
+  # ActionCable when first named).
+  autoload :ActionCable, "cablecar/action_cable"
+
   # Settings, read once from the environment and changed with
   # Cablecar.configure.
   class Config

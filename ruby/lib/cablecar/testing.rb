@@ -175,7 +175,14 @@ module Cablecar
       def publish(channel, data, except: nil)
         @published << { channel: channel, data: data, except: except }
         @connections.each do |c|
-          c.receive(data) if c.open? && c.id != except && c.channels.include?(channel)
+          next unless c.open? && c.id != except
+
+          # An ActionCable connection gets it once per subscription streaming it.
+          if c.respond_to?(:deliver)
+            c.deliver(channel, data)
+          elsif c.channels.include?(channel)
+            c.receive(data)
+          end
         end
         true
       end
@@ -366,3 +373,5 @@ module Cablecar
     end
   end
 end
+
+require_relative "testing/action_cable"
