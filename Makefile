@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties ruby-rails ruby-sqlite3 puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo soak
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-peers bench-go fmt vet clean demo soak
 
 all: build
 
@@ -92,6 +92,12 @@ SOAK_TIMEOUT  ?= 30m
 soak: deps
 	SOAK_DURATION=$(SOAK_DURATION) SOAK_CLIENTS=$(SOAK_CLIENTS) \
 		$(GO) test -tags soak -run '^TestSoak$$' -count=1 -v -timeout $(SOAK_TIMEOUT) ./e2e/
+
+# Cablecar beside anycable-go and Centrifugo (built from the Go module proxy
+# into e2e/.peers the first time) on issue 13's cells; prints a markdown
+# table. PEERS_CELLS, PEERS_RUNS, PEERS_SETTLE: see e2e/bench/peers.sh.
+bench-peers: deps
+	bash e2e/bench/peers.sh
 
 # In-process Go benchmarks (pass-through, event bodies, broker, replies).
 bench-go:

@@ -31,7 +31,9 @@ import (
 // per second too. idle5k and idle15k (and their -ac) are for the resident
 // memory per connection, read from /proc by wsfanout, the same way in both
 // modes (BENCH_CABLECAR_GOGC=10 runs Cablecar with that GOGC, to bring
-// the figure nearer what stays live).
+// the figure nearer what stays live; BENCH_DELIVERY_IDLE=150s lets the
+// connections sit idle that long before the "after idle" reading, past
+// the runtime's forced collection every 2 minutes).
 //
 //	BENCH_DELIVERY_CELLS=fanout10k,fanout10k-ac go test -run - -bench WSDelivery -benchtime 1x ./e2e/
 func BenchmarkWSDelivery(b *testing.B) {
@@ -84,6 +86,12 @@ func BenchmarkWSDelivery(b *testing.B) {
 				}
 				c := StartCablecar(b, CablecarOptions{Upstream: puma.Upstream, Config: cfg, Env: env})
 				url := "ws" + c.URL[len("http"):] + path
+				if v := os.Getenv("BENCH_DELIVERY_IDLE"); v != "" {
+					// How long connections sit idle before the "after idle"
+					// reading: past 2 minutes the runtime has forced a
+					// collection and its scavenger returned what it frees.
+					args = append(args, "-idle", v)
+				}
 				cmd := exec.Command(tool, append([]string{"-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
 					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID())}, args...)...)
 				cmd.Stderr = os.Stderr

@@ -8,7 +8,8 @@
 // every handshake (Cablecar-Accept: websocket) and counts the events and
 // the requests that carry them, answering each event request with
 // {"send":["ok"]} (one reply frame per request) — or 204 with -quiet. Its
-// counts are at GET /stats.
+// counts are at GET /stats. With -subscribe it is the app of a broadcast
+// benchmark (make bench-peers): every accept subscribes to those channels.
 //
 // Without -serve it is the load: it opens -n WebSockets to -url and has
 // each send -msgs messages, in one of two modes:
@@ -70,6 +71,8 @@ type result struct {
 func main() {
 	serve := flag.String("serve", "", "run as the upstream on this address (127.0.0.1:port)")
 	quiet := flag.Bool("quiet", false, "upstream: answer events with 204 instead of a reply")
+	subscribe := flag.String("subscribe", "", "upstream: Cablecar-Subscribe of every accept (for broadcast benchmarks)")
+	events := flag.String("events", "message", "upstream: Cablecar-Events of every accept")
 	url := flag.String("url", "", "ws:// URL of Cablecar")
 	stats := flag.String("stats", "", "the upstream's http://host:port, for its counts")
 	n := flag.Int("n", 1000, "connections")
@@ -81,7 +84,7 @@ func main() {
 	flag.Parse()
 
 	if *serve != "" {
-		if err := runUpstream(*serve, *quiet); err != nil {
+		if err := runUpstream(*serve, *quiet, *subscribe, *events); err != nil {
 			fmt.Fprintln(os.Stderr, "webhookload:", err)
 			os.Exit(1)
 		}
@@ -116,7 +119,7 @@ var (
 	appJSON     = []byte("application/json")
 )
 
-func runUpstream(addr string, quiet bool) error {
+func runUpstream(addr string, quiet bool, subscribe, events string) error {
 	u := &upstream{}
 	srv := &fasthttp.Server{
 		Name:                          "webhookload",
@@ -129,7 +132,10 @@ func runUpstream(addr string, quiet bool) error {
 				fmt.Fprintf(ctx, `{"events":%d,"requests":%d,"opens":%d}`, u.events.Load(), u.requests.Load(), u.opens.Load())
 			case ctx.IsGet():
 				ctx.Response.Header.Set("Cablecar-Accept", "websocket")
-				ctx.Response.Header.Set("Cablecar-Events", "message")
+				ctx.Response.Header.Set("Cablecar-Events", events)
+				if subscribe != "" {
+					ctx.Response.Header.Set("Cablecar-Subscribe", subscribe)
+				}
 				u.opens.Add(1)
 			default:
 				body := ctx.PostBody()
