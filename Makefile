@@ -24,6 +24,11 @@ run: build
 demo: build
 	bash examples/chat/demo.sh
 
+## demo-presence: the device dashboard (examples/presence) on http://localhost:3000/, devices driven from the terminal.
+.PHONY: demo-presence
+demo-presence: build
+	bash examples/presence/demo.sh
+
 ## check: validate sidecar.yaml and print the effective configuration.
 check: build
 	./$(BIN) -check -config sidecar.yaml
