@@ -15,8 +15,8 @@ import (
 // finds its connection closing, and what it sends is dropped.
 //
 // The hub refuses new connections already, so the set looked at is final.
-// Connections whose 101 is not yet written get no event: the app never
-// heard they opened.
+// Connections whose open event is not yet queued get no event: the app
+// has not heard they opened.
 func (h *Hub) shutdownEvents(ctx context.Context) {
 	grace := h.cfg.ShutdownGrace
 	if d, ok := ctx.Deadline(); ok {
@@ -66,11 +66,12 @@ func (h *Hub) shutdownEvents(ctx context.Context) {
 
 // pushShutdown queues the shutdown event on an open connection and
 // returns what closes once the app's reply was applied; nil when the
-// connection is not open (no 101 yet, or already closing).
+// connection is not open (its open event not yet queued, or already
+// closing).
 func (c *Conn) pushShutdown() <-chan struct{} {
-	// The stream is set before ws is stored (run), so a connection with
-	// its socket has its stream.
-	if c.ws.Load() == nil {
+	// opened is set after the stream is made and the open event queued
+	// (run): the shutdown event comes after it.
+	if !c.opened.Load() {
 		return nil
 	}
 	if c.ending() {
