@@ -24,6 +24,11 @@ run: build
 demo: build
 	bash examples/chat/demo.sh
 
+## demo-presence: the device dashboard (examples/presence) on http://localhost:3000/, devices driven from the terminal.
+.PHONY: demo-presence
+demo-presence: build
+	bash examples/presence/demo.sh
+
 ## check: validate sidecar.yaml and print the effective configuration.
 check: build
 	./$(BIN) -check -config sidecar.yaml
@@ -37,6 +42,7 @@ ruby-test: deps
 	cd ruby && ruby -w -Ilib -Itest -e 'Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }'
 	cd ruby && rspec -I lib --order defined spec
 	ruby -w testdata/acapp/acapp_test.rb
+	ruby -w -I ruby/lib examples/presence/test/presence_test.rb
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -140,6 +140,8 @@ type Stream struct {
 
 	// batch is reused by the delivering goroutine (one at a time).
 	batch []queued
+	// acks wait for events to be answered (PushShutdown, shutdown.go).
+	acks []streamAck
 
 	// abort ends the stream's waits: the client's (shutdown gave up), or
 	// for a lost connection's close event, its caller's too.
@@ -346,6 +348,7 @@ func (s *Stream) finishLocked() {
 	}
 	s.done = true
 	close(s.doneCh)
+	s.ackAllLocked()
 	if s.counted {
 		s.c.streamDone()
 	}
@@ -361,8 +364,12 @@ func (s *Stream) wakeLocked() {
 
 // run delivers batches until the queue is empty.
 func (s *Stream) run() {
+	var answered uint64 // the last event number of the batch just delivered
 	for {
 		s.mu.Lock()
+		if len(s.acks) > 0 {
+			s.ackLocked(answered)
+		}
 		if s.aborted() && len(s.pending) > 0 {
 			s.dropPendingLocked(dropShutdown, true)
 			s.closing = true
@@ -382,6 +389,7 @@ func (s *Stream) run() {
 			return
 		}
 		s.batch = s.takeLocked(s.batch[:0])
+		answered = s.batch[len(s.batch)-1].n
 		s.wakeLocked()
 		s.mu.Unlock()
 

@@ -103,7 +103,8 @@ func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Confi
 		Origins:        origins,
 		ForwardHeaders: cfg.Callback.ForwardHeaders,
 		// The token's exp is checked after the handshake too.
-		JWTLeeway: cfg.Auth.JWT.Leeway,
+		JWTLeeway:     cfg.Auth.JWT.Leeway,
+		ShutdownGrace: ws.ShutdownGrace,
 		ActionCable: upgrade.ActionCableConfig{
 			PingInterval:       cfg.ActionCable.PingInterval,
 			TurboStreamsSecret: cfg.ActionCable.TurboStreamsSecret,

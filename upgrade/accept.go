@@ -23,6 +23,8 @@ const (
 	eventOpen eventSet = 1 << iota
 	eventMessage
 	eventClose
+	// eventShutdown is opt-in (SPEC §2, §5): not among the defaults.
+	eventShutdown
 	allEvents = eventOpen | eventMessage | eventClose
 )
 
@@ -260,8 +262,10 @@ func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader)
 					acc.events |= eventMessage
 				case "close":
 					acc.events |= eventClose
+				case "shutdown":
+					acc.events |= eventShutdown
 				default:
-					return acc, fmt.Errorf("Cablecar-Events: %q is not one of open, message, close", name)
+					return acc, fmt.Errorf("Cablecar-Events: %q is not one of open, message, close, shutdown", name)
 				}
 			}
 		}

@@ -34,6 +34,7 @@ func TestParseAcceptance(t *testing.T) {
 			},
 		},
 		{name: "no events at all", resp: map[string]string{"Cablecar-Events": " "}, want: acceptance{events: 0}},
+		{name: "shutdown asked for", resp: map[string]string{"Cablecar-Events": "message, SHUTDOWN"}, want: acceptance{events: eventMessage | eventShutdown}},
 		{name: "bad channel", resp: map[string]string{"Cablecar-Subscribe": "room 1"}, err: "Cablecar-Subscribe"},
 		{name: "state too long", resp: map[string]string{"Cablecar-State": strings.Repeat("x", callback.MaxStateSize+1)}, err: "Cablecar-State"},
 		{name: "unknown event", resp: map[string]string{"Cablecar-Events": "open,shout"}, err: `"shout"`},

@@ -95,6 +95,7 @@ type Conn struct {
 	lastSeen  atomic.Int64 // unix nanos of the last frame from the client
 	closeBy   atomic.Int64 // unix nanos after which the socket is cut; 0 = not closing
 	paused    atomic.Bool  // the read loop waits on the app: silence is ours, not the client's
+	opened    atomic.Bool  // the open event is queued (or not wanted): later events may follow it
 	nextPing  int64        // heartbeat goroutine only; 0 = not yet scheduled
 	createdAt int64
 	expires   int64 // unix nanos when the handshake's token expires; 0 = never
@@ -189,6 +190,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	if c.events.has(eventOpen) {
 		c.stream.Push(callback.Event{Type: callback.EventOpen})
 	}
+	c.opened.Store(true)
 	if c.rc != nil {
 		go c.wait()
 		return

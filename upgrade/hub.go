@@ -254,6 +254,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.closing = true
 	h.mu.Unlock()
+	h.shutdownEvents(ctx) // shutdown.go: the app's goodbyes come before the 1012
 	// Clients get the usual time to answer our close frame, but no more
 	// than a third of what is left, so that the close events still have
 	// time to reach the app when a client never answers.

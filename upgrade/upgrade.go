@@ -47,6 +47,9 @@ type Config struct {
 	Tracker Tracker
 	// ActionCable is the actioncable section (SPEC §9).
 	ActionCable ActionCableConfig
+	// ShutdownGrace is how long shutdown waits for the replies to the
+	// shutdown events (SPEC §5) before the 1012; 0 = no shutdown events.
+	ShutdownGrace time.Duration
 
 	// Zero means the default noted.
 	WriteTimeout     time.Duration // one batch of writes to a client: 10s

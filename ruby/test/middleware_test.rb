@@ -36,6 +36,7 @@ class MiddlewareTest < Minitest::Test
 
     def on_shutdown(client)
       @log << [:shutdown, client.close_info]
+      client.write("bye from #{@env['PATH_INFO'].delete_prefix('/')}") if client.open?
     end
 
     def on_close(client)
@@ -90,7 +91,8 @@ class MiddlewareTest < Minitest::Test
     status, headers, body = call_app(@app, accept_env("/chat?room=1", headers: { "HTTP_COOKIE" => "a=1" }))
     assert_equal 200, status
     assert_equal "websocket", headers["cablecar-accept"]
-    assert_nil headers["cablecar-events"] # all three: the handler has them all
+    # The handler has every callback: shutdown too, which is opt-in.
+    assert_equal "open,message,close,shutdown", headers["cablecar-events"]
     assert_equal "", body
     env = @seen.last
     assert_equal :websocket, env["rack.upgrade?"]
@@ -264,11 +266,17 @@ class MiddlewareTest < Minitest::Test
     assert_equal({ "code" => 4001, "reason" => "asked" }, reply["close"])
   end
 
+  # on_shutdown runs on the shutdown event, while the connection is still
+  # open, and what it writes is the reply's send (Cablecar delivers it
+  # before the 1012); the close by shutdown that follows runs on_close
+  # alone.
   def test_shutdown_then_close
+    status, _, body = call_app(@app, event_env("/chat", [{ "type" => "shutdown" }]))
+    assert_equal [200, ["bye from chat"]], [status, JSON.parse(body)["send"]]
+    assert_equal [[:shutdown, nil]], @log
     env = event_env("/chat", [{ "type" => "close", "code" => 1012, "reason" => "", "by" => "shutdown" }])
     assert_equal 204, call_app(@app, env)[0]
-    assert_equal [[:shutdown, { code: 1012, reason: "", by: "shutdown" }],
-                  [:close, { code: 1012, reason: "", by: "shutdown" }, false]], @log
+    assert_equal [[:shutdown, nil], [:close, { code: 1012, reason: "", by: "shutdown" }, false]], @log
   end
 
   def test_a_connection_the_app_no_longer_wants_is_gone

@@ -14,9 +14,14 @@ class TestingKitTest < Minitest::Test
       @nickname = env["PATH_INFO"][1..].force_encoding("UTF-8")
     end
 
+    # What each on_close saw, as the chatroom prints it.
+    LEFT = []
+
     def on_open; end
 
-    def on_close; end
+    def on_close
+      LEFT << "Bye Bye... #{count} connections left..."
+    end
 
     def on_shutdown
       write "The server is shutting down, goodbye."
@@ -103,6 +108,24 @@ class TestingKitTest < Minitest::Test
     refute Cablecar.send_to("c_testnodeXXXXXXXXXXXXXXXX", "nobody")
     assert Cablecar.close(a.id, code: 4002, reason: "admin")
     assert_closed 4002, a
+  end
+
+  # Iodine's on_shutdown runs before the disconnection: what it writes
+  # arrives before the 1012. count in on_close no longer counts the
+  # closing connection.
+  def test_shutdown_says_goodbye_then_closes_and_counts_down
+    UglyChat::LEFT.clear
+    alice = connect "/alice"
+    bob = connect "/bob"
+    room = connect "/rooms/1" # another kind of handler: not in the chatroom's count
+    disconnect from: alice
+    assert_equal ["Bye Bye... 1 connections left..."], UglyChat::LEFT
+    shutdown_sidecar
+    assert_equal ["The server is shutting down, goodbye."], bob.messages
+    assert_equal({ code: 1012, reason: "service restart", by: "shutdown" }, assert_closed(1012, bob))
+    assert_closed 1012, room
+    assert_empty alice.messages # closed before the shutdown: no goodbye
+    assert_equal ["Bye Bye... 1 connections left...", "Bye Bye... 0 connections left..."], UglyChat::LEFT
   end
 
   def test_refusals

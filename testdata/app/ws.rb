@@ -33,6 +33,7 @@
 #     first=…        body (first message); "{id}" in it becomes the connection id
 #     status=2xx     the accepting status (default 200)
 #     on_open=CMD, on_close=CMD  answer the open / close event as a message CMD
+#     on_shutdown=CMD            answer the shutdown event (SPEC §5) the same way
 #
 # Message commands (one per text message; several in one batch combine):
 #
@@ -201,6 +202,7 @@ module CablecarTestApp
         case ev["type"]
         when "open" then command(r, ev, query["on_open"]) if query["on_open"]
         when "close" then command(r, ev, query["on_close"]) if query["on_close"]
+        when "shutdown" then command(r, ev, query["on_shutdown"]) if query["on_shutdown"]
         when "message"
           if ev["binary"]
             r.json["send"] << { "data" => ev["data"].to_s, "binary" => true }

@@ -8,7 +8,8 @@ module Cablecar
   #   on_message(client, data), on_shutdown(client), on_close(client);
   # - the older upgrade.websocket one (the "ugly chatroom"): on_open,
   #   on_message(data), on_shutdown, on_close, with write, close,
-  #   subscribe, unsubscribe, publish and each added to the handler itself.
+  #   subscribe, unsubscribe, publish, each and count added to the handler
+  #   itself.
   #
   # The style is read per callback from its arity, so a handler can be a
   # class instance, a module, or a class with singleton methods.
@@ -27,13 +28,19 @@ module Cablecar
       handler.method(name).arity == (name == :on_message ? 1 : 0)
     end
 
+    # What Cablecar posts when the accept does not say (SPEC §2).
+    DEFAULT_EVENTS = %w[open message close].freeze
+
     # The events this handler has callbacks for (Cablecar-Events), so that
-    # Cablecar posts nothing the app would only answer 204.
+    # Cablecar posts nothing the app would only answer 204. shutdown is
+    # opt-in: a handler with on_shutdown asks for it, and on_shutdown then
+    # runs on it, while the socket is still open (SPEC §5).
     def events(handler)
       list = []
       list << "open" if handler.respond_to?(:on_open)
       list << "message" if handler.respond_to?(:on_message)
-      list << "close" if handler.respond_to?(:on_close) || handler.respond_to?(:on_shutdown)
+      list << "close" if handler.respond_to?(:on_close)
+      list << "shutdown" if handler.respond_to?(:on_shutdown)
       list
     end
 
@@ -105,6 +112,14 @@ module Cablecar
     # The connection's id.
     def conn_id
       Legacy.current.id
+    end
+
+    # How many connections this handler's kind has, on every node: the
+    # connections subscribed to the channel `each` broadcasts on (Iodine's
+    # count). In on_close the closing one is no longer counted. Asks the
+    # sidecar's admin API (GET /presence), so it costs a round trip.
+    def count
+      Count.connections(Handler.each_channel(self))
     end
 
     # Yields one stand-in for all the other connections of this handler's

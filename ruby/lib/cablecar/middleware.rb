@@ -109,7 +109,7 @@ module Cablecar
       headers["cablecar-subscribe"] = subscribe.uniq.join(",") unless subscribe.empty?
       headers["cablecar-state"] = state if state
       events = Handler.events(handler)
-      headers["cablecar-events"] = events.join(",") unless events.empty? || events.size == 3
+      headers["cablecar-events"] = events.join(",") unless events.empty? || events == Handler::DEFAULT_EVENTS
       return [200, headers, EMPTY] unless first
 
       headers["content-type"] = "text/plain; charset=utf-8"
@@ -165,9 +165,11 @@ module Cablecar
           Handler.call(handler, :on_open, client)
         when "message"
           Handler.call(handler, :on_message, client, message_data(ev))
+        when "shutdown"
+          # Before the 1012: what it writes is delivered first.
+          Handler.call(handler, :on_shutdown, client)
         when "close"
           client.closed!(ev["code"], ev["reason"], ev["by"])
-          Handler.call(handler, :on_shutdown, client) if ev["by"] == "shutdown"
           Handler.call(handler, :on_close, client)
         end
       end

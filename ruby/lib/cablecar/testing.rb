@@ -93,6 +93,16 @@ module Cablecar
       from.disconnect(code, reason)
     end
 
+    # The sidecar shuts down (SPEC §5): every open connection that asked
+    # for shutdown events (a handler with on_shutdown does) gets one, and
+    # what its reply writes arrives; then every open connection is closed
+    # with 1012, by "shutdown".
+    def shutdown_sidecar
+      open = cablecar_broker.connections.select(&:open?)
+      open.each(&:shutdown)
+      open.each { |c| c.disconnect(1012, "service restart", by: "shutdown") }
+    end
+
     def assert_accepted(conn = connection)
       cablecar_check(conn.accepted?, "expected #{conn.path} to be accepted; the app answered #{conn.status}")
       conn
@@ -198,6 +208,12 @@ module Cablecar
         c&.closed_by_app(code, reason)
         !c.nil?
       end
+
+      # The open connections subscribed to channel, as GET /presence
+      # counts them (a legacy handler's count).
+      def connection_count(channel)
+        @connections.count { |c| c.open? && c.channels.include?(channel) }
+      end
     end
 
     # One client connection, seen from Cablecar.
@@ -280,6 +296,12 @@ module Cablecar
 
         @close_info = { code: code, reason: reason, by: by }
         post("type" => "close", "code" => code, "reason" => reason, "by" => by)
+        self
+      end
+
+      # The sidecar's shutdown event, when the accept asked for it.
+      def shutdown # :nodoc:
+        post("type" => "shutdown") if open?
         self
       end
 
