@@ -19,8 +19,12 @@ module Turbo
       @signed_stream_verifier ||= ActiveSupport::MessageVerifier.new(signed_stream_verifier_key, digest: "SHA256", serializer: JSON)
     end
 
+    # A real app sets config.turbo.signed_stream_verifier_key; turbo-rails
+    # otherwise derives one from secret_key_base, which Cablecar cannot know.
     def signed_stream_verifier_key
-      @signed_stream_verifier_key or raise ArgumentError, "Turbo requires a signed_stream_verifier_key"
+      return @signed_stream_verifier_key if @signed_stream_verifier_key
+
+      raise ArgumentError, "set Turbo.signed_stream_verifier_key (the value of Cablecar's actioncable.turbo_streams_secret)"
     end
   end
 

@@ -48,20 +48,21 @@ import (
 const maxConns = 19000
 
 type result struct {
-	Conns          int            `json:"conns"`
-	ConnectS       float64        `json:"connect_s"`
-	SubscribePerS  float64        `json:"subscribes_per_s"`
-	RSSBefore      int64          `json:"rss_bytes_before"`
-	RSSIdle        int64          `json:"rss_bytes_idle"`
-	RSSPerConn     float64        `json:"rss_bytes_per_conn"`
-	Stats          map[string]any `json:"stats,omitempty"`
-	BroadcastMs    []float64      `json:"broadcast_to_all_ms"`
-	BroadcastP50Ms float64        `json:"broadcast_to_all_p50_ms"`
-	BroadcastMaxMs float64        `json:"broadcast_to_all_max_ms"`
-	Performs       int            `json:"performs"`
-	PerformPerS    float64        `json:"performs_per_s,omitempty"`
-	Dropped        int64          `json:"clients_dropped"`
-	ProtocolPings  int64          `json:"protocol_pings"`
+	Conns          int              `json:"conns"`
+	ConnectS       float64          `json:"connect_s"`
+	SubscribePerS  float64          `json:"subscribes_per_s"`
+	RSSBefore      int64            `json:"rss_bytes_before"`
+	RSSIdle        int64            `json:"rss_bytes_idle"`
+	RSSPerConn     float64          `json:"rss_bytes_per_conn"`
+	RSSIdleByPID   map[string]int64 `json:"rss_bytes_idle_by_pid"`
+	Stats          map[string]any   `json:"stats,omitempty"`
+	BroadcastMs    []float64        `json:"broadcast_to_all_ms"`
+	BroadcastP50Ms float64          `json:"broadcast_to_all_p50_ms"`
+	BroadcastMaxMs float64          `json:"broadcast_to_all_max_ms"`
+	Performs       int              `json:"performs"`
+	PerformPerS    float64          `json:"performs_per_s,omitempty"`
+	Dropped        int64            `json:"clients_dropped"`
+	ProtocolPings  int64            `json:"protocol_pings"`
 }
 
 var (
@@ -214,6 +215,12 @@ func run(url, identifier, broadcast, stats, pids string, n, c, sources, broadcas
 
 	time.Sleep(settle)
 	res.RSSIdle = rss(pids)
+	res.RSSIdleByPID = map[string]int64{}
+	for _, p := range strings.Split(pids, ",") {
+		if p != "" {
+			res.RSSIdleByPID[p] = rss(p)
+		}
+	}
 	res.RSSPerConn = float64(res.RSSIdle-res.RSSBefore) / float64(n)
 	if stats != "" {
 		if b, err := get(stats); err == nil {
