@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties ruby-rails ruby-sqlite3 puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-peers bench-go fmt vet clean demo soak
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-rails bench-peers bench-go fmt vet clean demo demo-presence soak
 
 all: build
 
@@ -86,6 +86,12 @@ bench-redis: deps
 bench-ruby: deps
 	ruby -Iruby/lib ruby/bench/middleware.rb
 	$(GO) test -run - -bench GemEcho -benchtime 1x -timeout 5m ./e2e/
+
+# The seed's claim about ActionCable on Puma (docs/performance.md, "Rails"):
+# 5,000 idle ActionCable clients against ActionCable inside Puma and against
+# Cablecar in front of the same app; BENCH_CLIENTS=… for another count.
+bench-rails: deps
+	bash e2e/bench/rails.sh
 
 # The chaos soak (docs/soak.md): two nodes, Redis, the app under Puma and
 # SOAK_CLIENTS clients chatting for SOAK_DURATION while nodes are killed and
