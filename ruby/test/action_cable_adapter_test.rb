@@ -53,6 +53,8 @@ class ActionCableAdapterTest < Minitest::Test
 
   def setup
     skip "ActionCable is not installed (Debian: ruby-actioncable)" unless defined?(ActionCable::Server)
+    # GlobalID.app is process-wide: put back what the other tests set.
+    @gid_app = GlobalID.app
     GlobalID.app = "test"
     @server = ActionCable::Server::Base.new
     @server.config.cable = { "adapter" => "cablecar" }
@@ -64,6 +66,7 @@ class ActionCableAdapterTest < Minitest::Test
 
   def teardown
     Thread.current[:cablecar_publisher] = nil
+    GlobalID.app = @gid_app if defined?(@gid_app)
   end
 
   def test_actioncable_finds_the_adapter_by_name
