@@ -42,14 +42,29 @@ func doctor(e *env, _ []string) int {
 	if e.opts.json {
 		e.printJSON(d.findings)
 	}
-	failed := false
+	problems, warnings := 0, 0
 	for _, f := range d.findings {
-		failed = failed || f.Status == statusProblem
+		switch f.Status {
+		case statusProblem:
+			problems++
+		case statusWarn:
+			warnings++
+		}
 	}
-	if failed {
+	if !e.opts.json {
+		fmt.Fprintf(e.stdout, "cablecar doctor: %s, %s\n", plural(problems, "problem"), plural(warnings, "warning"))
+	}
+	if problems > 0 {
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
 
 type doctorRun struct {
