@@ -16,9 +16,16 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
 
-## run: Cablecar on :3000 in front of the app on 127.0.0.1:3001 (in-memory broker).
+## run: Cablecar on :3000 in front of the app on 127.0.0.1:3001 (in-memory broker); once the
+## app answers, `cablecar doctor` checks the wiring once (never fatal). Ctrl-C stops it.
+## DOCTOR_FLAGS: e.g. -path /cable, the path your WebSockets use.
+DOCTOR_FLAGS ?=
 run: build
-	./$(BIN) -config sidecar.yaml
+	@test -n "$$CABLECAR_CALLBACK_SECRET" || echo "make run: callbacks are unsigned: export CABLECAR_CALLBACK_SECRET=\$$(openssl rand -hex 32) for Cablecar and the app alike"
+	@./$(BIN) -config sidecar.yaml & pid=$$!; \
+	trap 'wait $$pid; exit 0' INT; trap 'kill -TERM $$pid; wait $$pid; exit 0' TERM; \
+	./$(BIN) doctor -config sidecar.yaml -wait 60s $(DOCTOR_FLAGS) || true; \
+	wait $$pid
 
 ## demo: the chat example (examples/chat) on http://localhost:3000/; Ctrl-C stops it.
 demo: build

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/cablecar/cablecar/cli"
 	"github.com/cablecar/cablecar/config"
 	"github.com/cablecar/cablecar/sidecar"
 )
@@ -20,9 +21,14 @@ func main() { os.Exit(run()) }
 // run returns the exit code: 0 after a clean stop, 2 for invalid
 // configuration, 1 for anything else (including a second signal).
 func run() int {
+	if cli.Verb(os.Args[1:]) {
+		return cli.Run(os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr, sidecar.Version)
+	}
 	cfg, flags, err := config.Parse(os.Args[1:], os.Environ(), os.Stderr)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintln(os.Stderr)
+		cli.Usage(os.Stderr)
 		return 0
 	case err != nil:
 		for _, w := range flags.Warnings {

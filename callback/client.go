@@ -260,10 +260,10 @@ func (c *Client) Accept(req *fasthttp.Request, resp *fasthttp.Response) error {
 	}
 	c.m.webhooks[kindAccept][o].Inc()
 	if err != nil {
-		c.log.Warn().Err(err).Str("outcome", outcomeNames[o]).Dur("duration", elapsed).Msg("accept callback failed")
+		c.log.Warn().Err(err).Str("outcome", outcomeNames[o]).Dur("duration_ms", elapsed).Msg("accept callback failed")
 	} else {
 		c.log.Debug().Str("outcome", outcomeNames[o]).Int("status", resp.StatusCode()).
-			Dur("duration", elapsed).Msg("accept callback")
+			Dur("duration_ms", elapsed).Msg("accept callback")
 	}
 
 	switch {

@@ -140,7 +140,7 @@ func (q *closeQueue) retry(p *parked, res result) {
 	s, c := p.s, q.c
 	elapsed := time.Since(p.since)
 	if elapsed >= c.cfg.CloseRetryFor {
-		s.log(c.log.Error(), p.span).Int("attempts", p.attempt).Dur("retried_for", elapsed).
+		s.log(c.log.Error(), p.span).Int("attempts", p.attempt).Dur("retried_for_ms", elapsed).
 			Str("outcome", outcomeNames[res.outcome]).Int("status", res.status).AnErr("last_error", res.err).
 			Msg("close event not delivered: the app kept failing for callback.close_retry_for; dropped")
 		q.end(p, dropRetryLimit)
@@ -158,7 +158,7 @@ func (q *closeQueue) retry(p *parked, res result) {
 	wait = min(wait, c.cfg.CloseRetryFor-elapsed)
 	c.m.retries.Inc()
 	s.log(c.log.Debug(), p.span).Int("attempt", p.attempt).Str("outcome", outcomeNames[res.outcome]).
-		Int("status", res.status).AnErr("error", res.err).Dur("retry_in", wait).Msg("close event will be sent again")
+		Int("status", res.status).AnErr("error", res.err).Dur("retry_in_ms", wait).Msg("close event will be sent again")
 
 	q.mu.Lock()
 	if q.stopped {

@@ -71,7 +71,7 @@ func (s *Stream) post(body []byte, sp span, attempt int) result {
 	res := s.result(resp, err)
 	c.m.webhooks[kindEvents][res.outcome].Inc()
 	s.log(c.log.Debug(), sp).Int("attempt", attempt).Int("status", res.status).
-		Str("outcome", outcomeNames[res.outcome]).Dur("duration", elapsed).Msg("events callback")
+		Str("outcome", outcomeNames[res.outcome]).Dur("duration_ms", elapsed).Msg("events callback")
 	return res
 }
 

@@ -512,7 +512,7 @@ func (s *Stream) deliver(batch []queued) {
 		}
 		c.m.retries.Inc()
 		s.log(c.log.Debug(), sp).Int("attempt", attempt).Str("outcome", outcomeNames[res.outcome]).
-			Int("status", res.status).AnErr("error", res.err).Dur("retry_in", wait).Msg("events will be sent again")
+			Int("status", res.status).AnErr("error", res.err).Dur("retry_in_ms", wait).Msg("events will be sent again")
 		if !s.sleep(wait) {
 			s.drop(sp, dropShutdown)
 			return

@@ -369,7 +369,7 @@ func (cl *cmdline) parse(args []string, usageOut io.Writer) error {
 		return fmt.Errorf("%v (run cablecar -h for usage)", err)
 	}
 	if cl.fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q: cablecar takes only flags (run cablecar -h for usage)", cl.fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q: not a verb, and the sidecar takes only flags (run cablecar help)", cl.fs.Arg(0))
 	}
 	cl.fs.Visit(func(f *flag.Flag) { cl.set[f.Name] = true })
 	return nil

@@ -528,7 +528,7 @@ func TestFlagErrors(t *testing.T) {
 	}{
 		{[]string{"-nope"}, "flag provided but not defined: -nope (run cablecar -h for usage)"},
 		{[]string{"-listen"}, "flag needs an argument: -listen (run cablecar -h for usage)"},
-		{[]string{"serve"}, `unexpected argument "serve": cablecar takes only flags (run cablecar -h for usage)`},
+		{[]string{"serve"}, `unexpected argument "serve": not a verb, and the sidecar takes only flags (run cablecar help)`},
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer

@@ -498,8 +498,8 @@ func TestAccessLog(t *testing.T) {
 		if v, ok := l.Num("bytes"); !ok || int(v) != bodies[id] {
 			t.Errorf("%s: bytes %v, want %d (the body sent to the client)", id, l["bytes"], bodies[id])
 		}
-		if v, ok := l.Num("duration"); !ok || v < 0 || v > 10000 {
-			t.Errorf("%s: duration %v, want milliseconds", id, l["duration"])
+		if v, ok := l.Num("duration_ms"); !ok || v < 0 || v > 10000 {
+			t.Errorf("%s: duration %v, want milliseconds", id, l["duration_ms"])
 		}
 		if !strings.Contains(l.Str("remote"), "127.0.0.1") {
 			t.Errorf("%s: remote %q", id, l.Str("remote"))

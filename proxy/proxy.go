@@ -281,7 +281,7 @@ func (p *Proxy) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 		} else {
 			p.metrics.upstreamErrors.WithLabelValues(f.reason).Inc()
 		}
-		p.log.Info().Str("reason", f.reason).Err(err).Dur("client_body_timeout", p.cfg.bodyTimeout()).
+		p.log.Info().Str("reason", f.reason).Err(err).Dur("client_body_timeout_ms", p.cfg.bodyTimeout()).
 			Bytes("request_id", ex.requestID).Stringer("remote", ex.remote).
 			Msg("request body cut short by the client")
 	default:
@@ -336,7 +336,7 @@ func (p *Proxy) finish(ctx *fasthttp.RequestCtx, ex *exchange, werr error) {
 		}
 		e.Int("status", ex.status).
 			Int64("bytes", ex.bytes).
-			Dur("duration", time.Since(ex.start)).
+			Dur("duration_ms", time.Since(ex.start)).
 			Bytes("request_id", ex.requestID).
 			Stringer("remote", ex.remote)
 		if werr != nil {

@@ -481,7 +481,7 @@ func (r *Redis) alive() {
 		if since := r.downSince.Swap(0); since != 0 {
 			d := time.Duration(time.Now().UnixNano() - since)
 			r.metrics.outageSeconds.Add(d.Seconds())
-			r.log.Info().Dur("after", d).Msg("Redis connection restored; subscriptions renewed")
+			r.log.Info().Dur("after_ms", d).Msg("Redis connection restored; subscriptions renewed")
 		}
 		r.metrics.connected.Set(1)
 	}

@@ -60,7 +60,7 @@ func (r *Registry) Run(ctx context.Context, post PostFunc) {
 		case err == nil:
 			r.lastOK, r.fenced = time.Now(), false
 			if !failing.IsZero() {
-				r.log.Info().Dur("after", time.Since(failing)).Msg("registry: lease in Redis refreshed again")
+				r.log.Info().Dur("after_ms", time.Since(failing)).Msg("registry: lease in Redis refreshed again")
 				failing = time.Time{}
 			}
 			if post != nil && r.stale.Load() > 0 {
@@ -72,7 +72,7 @@ func (r *Registry) Run(ctx context.Context, post PostFunc) {
 				r.fenced = true
 				r.stale.Add(1)
 				ids := r.fence()
-				r.log.Error().Int("connections", len(ids)).Dur("lease_ttl", r.ttl).
+				r.log.Error().Int("connections", len(ids)).Dur("lease_ttl_ms", r.ttl).
 					Msg("registry: this node's lease has lapsed, so other nodes may have sent node_lost closes for its connections: closing them (1012) without close events of their own")
 				if r.onLapse != nil && len(ids) > 0 {
 					r.onLapse(ids)
@@ -84,7 +84,7 @@ func (r *Registry) Run(ctx context.Context, post PostFunc) {
 				failing = time.Now()
 				ev = r.log.Warn()
 			}
-			ev.Err(err).Dur("lease_ttl", r.ttl).
+			ev.Err(err).Dur("lease_ttl_ms", r.ttl).
 				Msg("registry: refreshing this node's lease in Redis failed; retrying (other nodes take this node for lost once lease_ttl passes without one)")
 		}
 		select {

@@ -50,7 +50,7 @@ func (r *Registry) writeLoop(ctx context.Context) {
 		switch {
 		case err == nil:
 			if !failing.IsZero() {
-				r.log.Info().Dur("after", time.Since(failing)).Msg("registry: writing connection records to Redis again")
+				r.log.Info().Dur("after_ms", time.Since(failing)).Msg("registry: writing connection records to Redis again")
 				failing, backoff = time.Time{}, 0
 			}
 		case ctx.Err() != nil:

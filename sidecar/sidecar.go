@@ -207,7 +207,7 @@ func handOverTime(timeout time.Duration) time.Duration { return min(timeout/5, 2
 
 func (s *Sidecar) shutdown() error {
 	start := time.Now()
-	s.log.Info().Dur("timeout", s.cfg.ShutdownTimeout).Msg("shutting down: not ready, no new connections, closing WebSockets, finishing in-flight requests")
+	s.log.Info().Dur("timeout_ms", s.cfg.ShutdownTimeout).Msg("shutting down: not ready, no new connections, closing WebSockets, finishing in-flight requests")
 	s.admin.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -270,6 +270,6 @@ func (s *Sidecar) shutdown() error {
 		_ = s.admin.Shutdown(actx)
 		acancel()
 	}
-	s.log.Info().Dur("took", time.Since(start)).Msg("stopped")
+	s.log.Info().Dur("took_ms", time.Since(start)).Msg("stopped")
 	return nil
 }

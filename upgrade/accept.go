@@ -107,7 +107,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 		}
 		return
 	}
-	log = log.Dur("accept_duration", time.Since(start))
+	log = log.Dur("accept_duration_ms", time.Since(start))
 
 	if st := resp.StatusCode(); st < 200 || st > 299 {
 		if (st == fasthttp.StatusUnauthorized || st == fasthttp.StatusForbidden) &&

@@ -70,7 +70,7 @@ stop() {
 	kill -TERM "$cablecar_pid" 2>/dev/null && wait "$cablecar_pid" 2>/dev/null || true
 	kill -TERM "$puma_pid" 2>/dev/null && wait "$puma_pid" 2>/dev/null || true
 }
-trap 'stop; exit 130' INT
+trap 'stop; exit 0' INT   # Ctrl-C is how the demo ends: not an error (make would say Error 130)
 trap 'stop; exit 143' TERM
 trap stop EXIT
 

@@ -17,31 +17,47 @@ module Cablecar
   # ActionCable when first named).
   autoload :ActionCable, "cablecar/action_cable"
 
-  # Settings, read once from the environment and changed with
-  # Cablecar.configure.
+  # Settings, from the environment when they are first needed (not when
+  # the gem is required, so that dotenv or a test's setup can still set
+  # them), and changed with Cablecar.configure.
   class Config
-    # The secret(s) Cablecar signs callbacks with (callback.secret): a
-    # String, comma-separated for several, or an Array.
-    attr_accessor :secret
-    # Where Cablecar.publish and friends go: the admin API of the local
-    # node (default), or Redis when redis or redis_url is set.
-    attr_accessor :admin_url, :admin_api_key, :redis, :redis_url, :prefix, :timeout
+    # What each setting falls back to while it is not set: an environment
+    # variable and a default.
+    FROM_ENV = {
+      secret: ["CABLECAR_CALLBACK_SECRET", nil],
+      admin_url: ["CABLECAR_ADMIN_URL", "http://127.0.0.1:9394"],
+      admin_api_key: ["CABLECAR_ADMIN_API_KEY", nil],
+      prefix: ["CABLECAR_BROKER_PREFIX", "cablecar:"]
+    }.freeze
+
+    # secret: the secret(s) Cablecar signs callbacks with (callback.secret):
+    # a String, comma-separated for several, or an Array.
+    # admin_url, admin_api_key, redis, redis_url, prefix, timeout: where
+    # Cablecar.publish and friends go: the admin API of the local node
+    # (default), or Redis when redis or redis_url is set.
+    attr_writer(*FROM_ENV.keys)
+    attr_accessor :redis, :redis_url, :timeout
 
     def initialize(env = ENV)
-      @secret = env["CABLECAR_CALLBACK_SECRET"]
-      @admin_url = env.fetch("CABLECAR_ADMIN_URL", "http://127.0.0.1:9394")
-      @admin_api_key = env["CABLECAR_ADMIN_API_KEY"]
+      @env = env
+      FROM_ENV.each_key { |name| instance_variable_set("@#{name}", nil) }
       @redis = nil
       @redis_url = nil
-      @prefix = env.fetch("CABLECAR_BROKER_PREFIX", "cablecar:")
       @timeout = 5
+    end
+
+    FROM_ENV.each do |name, (var, default)|
+      define_method(name) do
+        value = instance_variable_get("@#{name}")
+        value.nil? ? @env.fetch(var, default) : value
+      end
     end
 
     def publisher
       if @redis || @redis_url
-        RedisPublisher.new(redis: @redis || redis_client, prefix: @prefix)
+        RedisPublisher.new(redis: @redis || redis_client, prefix: prefix)
       else
-        AdminPublisher.new(url: @admin_url, api_key: @admin_api_key, timeout: @timeout)
+        AdminPublisher.new(url: admin_url, api_key: admin_api_key, timeout: @timeout)
       end
     end
 

@@ -14,13 +14,20 @@ class ReadmeTest < Minitest::Test
     "readme-secret"
   end
 
+  # The examples read the secret from the environment, as the middleware
+  # does by default, at the first callback.
+  def setup
+    @saved_secret = ENV.fetch("CABLECAR_CALLBACK_SECRET", nil)
+    ENV["CABLECAR_CALLBACK_SECRET"] = cablecar_secret
+  end
+
+  def teardown
+    @saved_secret ? ENV["CABLECAR_CALLBACK_SECRET"] = @saved_secret : ENV.delete("CABLECAR_CALLBACK_SECRET")
+  end
+
   def app
     source = (@readme || README)[/```ruby\n# config\.ru\n(.*?)```/m, 1] or flunk("README has no config.ru example")
-    saved = ENV["CABLECAR_CALLBACK_SECRET"]
-    ENV["CABLECAR_CALLBACK_SECRET"] = cablecar_secret
     @app ||= Rack::Builder.new_from_string(source)
-  ensure
-    ENV["CABLECAR_CALLBACK_SECRET"] = saved
   end
 
   def test_the_first_example_runs_as_written

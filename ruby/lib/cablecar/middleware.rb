@@ -9,7 +9,7 @@ module Cablecar
   # Rack upgrade API, so that an app accepts and serves WebSockets as if the
   # server held the sockets itself:
   #
-  #   use Cablecar::Middleware, secret: ENV["CABLECAR_CALLBACK_SECRET"]
+  #   use Cablecar::Middleware   # secret: CABLECAR_CALLBACK_SECRET, read at the first callback
   #
   #   run ->(env) {
   #     if env["rack.upgrade?"] == :websocket
@@ -52,13 +52,23 @@ module Cablecar
     # is refused before it is read, ahead of the signature check.
     DEFAULT_MAX_BODY = 32 << 20
 
-    def initialize(app, secret: Cablecar.config.secret, tolerance: Signature::DEFAULT_TOLERANCE, verify: true,
+    # The default of secret:, told apart from an explicit nil.
+    FROM_CONFIG = Object.new.freeze
+
+    # secret: not given, it is Cablecar.config.secret (CABLECAR_CALLBACK_SECRET),
+    # read at the first callback rather than when the middleware is built, so
+    # that dotenv or a test's setup can set it later; until there is one,
+    # callbacks are answered 500 naming the variable.
+    def initialize(app, secret: FROM_CONFIG, tolerance: Signature::DEFAULT_TOLERANCE, verify: true,
                    max_body: DEFAULT_MAX_BODY)
       @app = app
       @max_body = max_body
-      @secrets = Signature::Keyring.new(secret)
       @tolerance = tolerance
       @verify = verify
+      @secrets = nil
+      return if secret.equal?(FROM_CONFIG)
+
+      @secrets = Signature::Keyring.new(secret)
       return unless @verify && @secrets.empty?
 
       raise ArgumentError, "Cablecar::Middleware needs the secret Cablecar signs with (callback.secret, " \
@@ -236,15 +246,36 @@ module Cablecar
       env["cablecar.event"] = event
     end
 
-    # nil when the request is signed, else the 401 to answer.
+    # nil when the request is signed, else the 401 to answer (or 500 while
+    # there is no secret to check with).
     def verify(env, payload)
       return nil unless @verify
 
-      Signature.verify!(env["HTTP_CABLECAR_SIGNATURE"], payload, @secrets, tolerance: @tolerance)
+      secrets = keyring
+      return no_secret(env) if secrets.empty?
+
+      Signature.verify!(env["HTTP_CABLECAR_SIGNATURE"], payload, secrets, tolerance: @tolerance)
       nil
     rescue Signature::Invalid => e
       env["rack.errors"]&.puts("cablecar: refused a callback: #{e.message}")
       plain(401, "#{e.message}\n")
+    end
+
+    # The secrets given, or Cablecar.config's once it has some (kept from
+    # then on; an empty one is asked again next time).
+    def keyring
+      return @secrets if @secrets
+
+      ring = Signature::Keyring.new(Cablecar.config.secret)
+      @secrets = ring unless ring.empty?
+      ring
+    end
+
+    def no_secret(env)
+      msg = "Cablecar::Middleware has no secret to check Cablecar-Signature with: set CABLECAR_CALLBACK_SECRET " \
+            "to Cablecar's callback.secret (or pass secret:)"
+      env["rack.errors"]&.puts("cablecar: #{msg}")
+      plain(500, "#{msg}\n")
     end
 
     # The request target Cablecar signed: Puma and most servers give it as
