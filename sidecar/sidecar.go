@@ -138,6 +138,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 	s.admin.EnableLookup(connLookup(node, ws.Hub(), records))
+	s.admin.EnableStatus(statusSources(cfg, node, ws.Hub(), inner, records))
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
