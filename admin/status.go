@@ -140,7 +140,7 @@ type Count struct {
 
 // WebhookStatus is the requests to the app.
 type WebhookStatus struct {
-	Rate                  // every attempt, accept and events
+	Rate                   // every attempt, accept and events
 	P50MS         *float64 `json:"p50_ms"` // over the window; null when there was none
 	P99MS         *float64 `json:"p99_ms"`
 	Retries       Rate     `json:"retries"`
