@@ -28,9 +28,12 @@ type point struct {
 // sampler reads the registry once a second, for as long as the admin
 // listener serves, and keeps the last 5 minutes as points for the charts
 // and the last rateWindow seconds of readings for the rates. A reading
-// gathers the whole registry, as a scrape does (BenchmarkStatusSample:
-// about 100 µs and 60 KB of garbage a second), so it runs whether or not
-// anyone watches, and a page opened now shows the last 5 minutes at once.
+// gathers the registry of Cablecar's own series as a scrape would
+// (BenchmarkStatusSample/Cablecar: about 150 µs of CPU and 48 KB of
+// garbage, once a second, on a loaded 2-core machine; the Go and process
+// collectors would make it 800 µs, so the sidecar leaves them out), cheap
+// enough to run whether or not anyone watches: a page opened now shows
+// the last 5 minutes at once.
 type sampler struct {
 	g   prometheus.Gatherer
 	log zerolog.Logger

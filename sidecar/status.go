@@ -3,6 +3,8 @@ package sidecar
 import (
 	"context"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cablecar/cablecar/admin"
 	"github.com/cablecar/cablecar/config"
 	"github.com/cablecar/cablecar/pubsub"
@@ -10,11 +12,14 @@ import (
 	"github.com/cablecar/cablecar/upgrade"
 )
 
-// statusSources is what the admin listener's status page reads besides
-// the metrics: each fact from the part that owns it. inner is the broker
-// before metering; records is nil with the in-memory broker.
-func statusSources(cfg *config.Config, node string, hub *upgrade.Hub, inner pubsub.Broker, records *registry.Registry) admin.StatusSources {
+// statusSources is what the admin listener's status page reads: the
+// registry of Cablecar's own series, and each other fact from the part
+// that owns it. inner is the broker before metering; records is nil with
+// the in-memory broker.
+func statusSources(cfg *config.Config, node string, metrics prometheus.Gatherer, hub *upgrade.Hub, inner pubsub.Broker,
+	records *registry.Registry) admin.StatusSources {
 	src := admin.StatusSources{
+		Metrics:     metrics,
 		Node:        node,
 		Version:     Version,
 		MaxInFlight: cfg.Callback.MaxInFlight,
