@@ -51,6 +51,18 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 
+	// The guard stands on the page and its data: another site's page is
+	// refused, key or not.
+	for _, path := range []string{"/", "/status.json"} {
+		if code, body := adminDo(t, a, "GET", path, "", map[string]string{"Origin": "http://evil.example",
+			"Authorization": "Bearer " + key}); code != 403 {
+			t.Errorf("GET %s from another site's page: %d %.100q, want 403", path, code, body)
+		}
+	}
+	if code, _ := adminDo(t, a, "GET", "/status.json", "", nil); code != 401 {
+		t.Errorf("GET /status.json without the key: %d, want 401", code)
+	}
+
 	br := StartBrowser(t)
 	page := br.NewPage("status")
 	var (
