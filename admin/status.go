@@ -196,13 +196,8 @@ type slowParts struct {
 
 // EnableStatus serves the status page at GET / and its data at GET
 // /status.json (with the API's key, when one is set), and samples the
-// metrics once a second while the listener serves. Call it after
-// EnableAPI, before Serve.
+// metrics once a second while the listener serves. Call it before Serve.
 func (s *Server) EnableStatus(src StatusSources) {
-	a := s.api
-	if a == nil {
-		a = &api{}
-	}
 	g := src.Metrics
 	if g == nil {
 		g = s.gatherer
@@ -219,9 +214,17 @@ func (s *Server) EnableStatus(src StatusSources) {
 		h.Set("Referrer-Policy", "no-referrer")
 		w.Write(statusHTML)
 	})
-	s.mux.Handle("GET /status.json", a.get(func(ctx context.Context, _ *http.Request) (any, error) {
-		return p.snapshot(ctx, time.Now())
-	}))
+	data := func(ctx context.Context, _ *http.Request) (any, error) { return p.snapshot(ctx, time.Now()) }
+	s.mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
+		// The API's key as it is when asked, whichever of EnableAPI and
+		// EnableStatus came first: the data is never less guarded than
+		// the API.
+		a := s.api
+		if a == nil {
+			a = &api{}
+		}
+		a.get(data).ServeHTTP(w, r)
+	})
 }
 
 // snapshot is the status as of now.

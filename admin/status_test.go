@@ -345,6 +345,13 @@ func TestStatusPageAuthAndGuard(t *testing.T) {
 			t.Errorf("/status.json with %s: %d, want %d", c.what, rec.Code, c.want)
 		}
 	}
+	// Whichever was enabled first, the data takes the API's key.
+	late := New(zerolog.Nop(), prometheus.NewRegistry())
+	late.EnableStatus(StatusSources{})
+	late.EnableAPI(&recorder{}, "s3cret")
+	if code, _ := get(t, late, "/status.json"); code != 401 {
+		t.Errorf("/status.json, the key set after the page: %d without it, want 401", code)
+	}
 	// A key in the URL is no key.
 	rec = httptest.NewRecorder()
 	s.ServeHTTP(rec, httptest.NewRequest("GET", "/status.json?api_key=s3cret&token=s3cret", nil))
