@@ -46,13 +46,15 @@ type Server struct {
 	checks   []namedCheck
 	// keyed: an admin.api_key is set (EnableAPI), so the Host of a request
 	// need not be checked against DNS rebinding.
-	keyed bool
-	api   *api // set by EnableAPI
+	keyed    bool
+	api      *api // set by EnableAPI
+	gatherer prometheus.Gatherer
+	status   *statusPage // set by EnableStatus
 }
 
 // New builds the admin server. Metrics are gathered from gatherer.
 func New(log zerolog.Logger, gatherer prometheus.Gatherer) *Server {
-	s := &Server{log: log, mux: http.NewServeMux()}
+	s := &Server{log: log, mux: http.NewServeMux(), gatherer: gatherer}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		text(w, http.StatusOK, "ok")
 	})
@@ -98,8 +100,17 @@ func (s *Server) AddSoftCheck(name string, c Check) {
 // sending new work while in-flight work finishes.
 func (s *Server) Drain() { s.draining.Store(true) }
 
-// Serve serves on ln until Shutdown.
+// Serve serves on ln until Shutdown; the status page's sampler
+// (status_ring.go) runs as long.
 func (s *Server) Serve(ln net.Listener) error {
+	if s.status != nil {
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			s.status.sampler.run(stop)
+		}()
+		defer func() { close(stop); <-done }()
+	}
 	if err := s.srv.Serve(ln); err != http.ErrServerClosed {
 		return err
 	}

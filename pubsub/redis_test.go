@@ -191,12 +191,20 @@ func TestRedisRestart(t *testing.T) {
 	if err := b.Ready(ctx); err != nil {
 		t.Fatalf("Ready before the outage: %v", err)
 	}
+	if d := b.DownSince(); !d.IsZero() {
+		t.Fatalf("DownSince before the outage = %v, want zero", d)
+	}
+	killed := time.Now()
 	s.Kill()
 	waitUntil(t, "Ready to report the outage", func() bool {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		return b.Ready(rctx) != nil
 	})
+	waitUntil(t, "DownSince to tell the outage", func() bool { return !b.DownSince().IsZero() })
+	if d := b.DownSince(); d.Before(killed) || d.After(time.Now()) {
+		t.Errorf("DownSince = %v, want between the kill (%v) and now", d, killed)
+	}
 	if err := b.Publish(ctx, pubsub.Message{Channel: "news", Data: []byte("lost")}); err == nil {
 		t.Error("Publish during the outage reported success")
 	}
@@ -206,6 +214,9 @@ func TestRedisRestart(t *testing.T) {
 		defer cancel()
 		return b.Ready(rctx) == nil
 	})
+	if d := b.DownSince(); !d.IsZero() {
+		t.Errorf("DownSince after the restart = %v, want zero", d)
+	}
 	app := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer app.Close()
 	waitUntil(t, "a broadcast after the restart", func() bool {

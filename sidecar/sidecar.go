@@ -72,8 +72,12 @@ func NewLogger(cfg config.Log, w *os.File) zerolog.Logger {
 // New builds every part and binds both listeners, so that a port already in
 // use is reported before anything claims to be ready.
 func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
+	// reg holds Cablecar's own series; /metrics serves them with the Go
+	// and process collectors', which the status page, reading reg every
+	// second, does without (reading /proc is most of a scrape's cost).
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	runtimeReg := prometheus.NewRegistry()
+	runtimeReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "cablecar_build_info", Help: "Always 1; the version is a label.",
 		ConstLabels: prometheus.Labels{"version": Version},
@@ -128,7 +132,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		broker:   broker,
 		registry: records,
 		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
-		admin:    admin.New(log, reg),
+		admin:    admin.New(log, prometheus.Gatherers{reg, runtimeReg}),
 	}
 	s.admin.AddCheck("app", p.Ping)
 	s.admin.AddSoftCheck("broker", broker.Ready)
@@ -138,6 +142,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 	s.admin.EnableLookup(connLookup(node, ws.Hub(), records))
+	s.admin.EnableStatus(statusSources(cfg, node, reg, ws.Hub(), inner, records))
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
