@@ -47,10 +47,21 @@ class ActionCableTest < Minitest::Test
     assert_equal 200, status, body
     assert_equal "websocket", headers["cablecar-accept"]
     assert_equal "actioncable-v1-json", headers["sec-websocket-protocol"]
-    assert_equal "message, close", headers["cablecar-events"]
+    # open: its reply subscribes the connection to its internal channel.
+    assert_equal "open, message, close", headers["cablecar-events"]
     ids = JSON.parse(headers["cablecar-state"])["ids"]
     assert_equal({ "current_user" => { "$gid" => "gid://cabletest/CableTest::User/1" }, "tab" => "t1" }, ids)
     assert_equal [[:connect, "alice"]], CableTest::LOG
+  end
+
+  # remote_connections.where(current_user: u).disconnect closes the channel
+  # ActionCable names action_cable/<connection_identifier>: the open event
+  # subscribes the connection to it, without looking the user up.
+  def test_open_subscribes_the_internal_channel
+    r = events([{ "type" => "open" }])
+    gid = CableTest::User.new(1).to_gid_param
+    assert_equal ["action_cable/#{['t1', gid].sort.join(':')}"], r["subscribe"]
+    assert_equal 0, CableTest::User.lookups
   end
 
   def test_reject_unauthorized_connection_refuses

@@ -23,6 +23,14 @@ module Cablecar
         @gone = []
         @close = nil
         @state = nil
+        @subscribe = []
+      end
+
+      # A plain channel for the connection itself (not a subscription's
+      # stream): its ActionCable internal channel, through which
+      # remote_connections' disconnect reaches it.
+      def subscribe(channel)
+        @subscribe << channel unless @subscribe.include?(channel)
       end
 
       # close: the connection's close, if asked; states: the channel_state
@@ -120,6 +128,7 @@ module Cablecar
         out["transmit"] = @transmit unless @transmit.empty?
         out["channel_state"] = @states unless @states.empty?
         out["close"] = @close if @close
+        out["subscribe"] = @subscribe unless @subscribe.empty?
         out.empty? ? nil : out
       end
 

@@ -61,9 +61,15 @@ module Cablecar
         end
         return text(403, "closed by connect") if reply.close
 
+        # The open event only for a connection identified_by something: its
+        # reply subscribes it to ActionCable's internal channel, so that
+        # remote_connections.where(…).disconnect (the cablecar adapter's
+        # close by channel) reaches it. Cablecar-Subscribe cannot: SPEC §9
+        # ignores it on ActionCable accepts. Otherwise no open event: the
+        # connection's work starts with its first subscribe.
+        internal = internal_channel(conn)
         headers = { "cablecar-accept" => "websocket", "sec-websocket-protocol" => PROTOCOL,
-                    # No open event: a connection's work starts with its first subscribe.
-                    "cablecar-events" => "message, close" }
+                    "cablecar-events" => internal ? "open, message, close" : "message, close" }
         ids = conn.cablecar_identifiers
         headers["cablecar-state"] = Values.generate({ IDS => ids }, "the connection's identified_by values") unless ids.empty?
         [200, headers, []]
@@ -79,6 +85,9 @@ module Cablecar
         batch["events"].each do |ev|
           id = ev["identifier"]
           case ev["type"]
+          when "open"
+            internal = internal_channel(conn)
+            reply.subscribe(internal) if internal
           when "subscribe" then subscribe(conn, id, state_of(reply, ev, subs), reply)
           when "perform" then perform(conn, id, ev["data"], state_of(reply, ev, subs), reply)
           when "unsubscribe" then unsubscribe(conn, id, state_of(reply, ev, subs), reply)
@@ -95,6 +104,21 @@ module Cablecar
       end
 
       private
+
+      # "action_cable/<connection_identifier>", as ActionCable's
+      # RemoteConnections names it; nil for a connection identified by
+      # nothing, or by values that make no valid channel name (logged).
+      def internal_channel(conn)
+        ident = conn.connection_identifier.to_s
+        return nil if ident.empty?
+
+        name = "action_cable/#{ident}"
+        return name if name.match?(Cablecar::CHANNEL_NAME)
+
+        logger.warn("cablecar: #{name[0, 80].inspect} is not a channel name Cablecar can carry: " \
+                    "remote_connections.where(…).disconnect will not reach this connection")
+        nil
+      end
 
       # An event carries the state its subscription had when Cablecar sent
       # the batch; what an earlier event of this batch set is newer; the
