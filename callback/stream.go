@@ -33,6 +33,10 @@ type Event struct {
 	// ActionCable connections (SPEC §9; actioncable.go).
 	Identifier  string   // subscribe, perform, unsubscribe: the subscription
 	Identifiers []string // close only: the subscriptions still held; nil on other connections
+
+	// Recovered is an open event's "recovered" object (SPEC §10), as JSON;
+	// nil → omitted.
+	Recovered []byte
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken
