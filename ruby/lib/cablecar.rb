@@ -21,6 +21,13 @@ module Cablecar
     # Where Cablecar.publish and friends go: the admin API of the local
     # node (default), or Redis when redis or redis_url is set.
     attr_accessor :admin_url, :admin_api_key, :redis, :redis_url, :prefix, :timeout
+    # With redis: the sidecar's history settings (SPEC §10), so that what
+    # is published straight to Redis is recorded as the sidecar records:
+    # history_size (messages per channel, 0 = none), history_ttl (seconds)
+    # and history_channels (names, a trailing * matching any suffix).
+    # From CABLECAR_HISTORY_SIZE, _TTL (seconds, or Go-style "5m") and
+    # _CHANNELS (comma-separated), as the sidecar reads them.
+    attr_accessor :history_size, :history_ttl, :history_channels
 
     def initialize(env = ENV)
       @secret = env["CABLECAR_CALLBACK_SECRET"]
@@ -30,11 +37,23 @@ module Cablecar
       @redis_url = nil
       @prefix = env.fetch("CABLECAR_BROKER_PREFIX", "cablecar:")
       @timeout = 5
+      @history_size = env.fetch("CABLECAR_HISTORY_SIZE", "0").to_i
+      @history_ttl = Config.seconds(env.fetch("CABLECAR_HISTORY_TTL", "300"))
+      @history_channels = env.fetch("CABLECAR_HISTORY_CHANNELS", "").split(",").map(&:strip).reject(&:empty?)
+    end
+
+    # Seconds in "300", "300s", "5m" or "1h".
+    def self.seconds(text)
+      m = /\A\s*(\d+)\s*(ms|s|m|h)?\s*\z/.match(text.to_s)
+      raise ArgumentError, "#{text.inspect} is not a duration (300, 300s, 5m, 1h)" unless m
+
+      m[1].to_i * { "ms" => 0.001, "s" => 1, "m" => 60, "h" => 3600, nil => 1 }.fetch(m[2])
     end
 
     def publisher
       if @redis || @redis_url
-        RedisPublisher.new(redis: @redis || redis_client, prefix: @prefix)
+        RedisPublisher.new(redis: @redis || redis_client, prefix: @prefix,
+                           history: { size: @history_size, ttl: @history_ttl, channels: @history_channels })
       else
         AdminPublisher.new(url: @admin_url, api_key: @admin_api_key, timeout: @timeout)
       end
@@ -67,7 +86,8 @@ module Cablecar
 
     # Sends data (a String; binary when ASCII-8BIT) to every connection
     # subscribed to channel, on every node; except: a connection id to
-    # leave out.
+    # leave out. Returns the message's position "<epoch>:<offset>" when the
+    # channel keeps history (SPEC §10), else true.
     def publish(channel, data, except: nil)
       publisher.publish(check_channel!(channel), data, except: except)
     end
