@@ -299,3 +299,24 @@ func publishItems(ch string, texts []string) []map[string]any {
 	}
 	return items
 }
+
+// TestHistoryOneNode runs the same on one node with the in-memory broker
+// (both "nodes" are the one).
+func TestHistoryOneNode(t *testing.T) {
+	t.Parallel()
+	p := StartPuma(t, PumaOptions{})
+	c := StartCablecar(t, CablecarOptions{Upstream: p.Upstream, Config: map[string]any{
+		"history.size": historySize, "websocket.pong_timeout": "60s",
+	}})
+	nodes := []*Cablecar{c, c}
+	for _, test := range []struct {
+		name string
+		run  func(*testing.T, *Redis, *Puma, []*Cablecar)
+	}{
+		{"Resume", historyResume},
+		{"TooFarBack", historyTooFarBack},
+		{"RacingPublishes", historyRacing},
+	} {
+		t.Run(test.name, func(t *testing.T) { test.run(t, nil, p, nodes) })
+	}
+}
