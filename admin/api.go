@@ -237,7 +237,7 @@ func (a *api) publish(ctx context.Context, body []byte) (any, error) {
 	if err := a.b.Publish(ctx, msgs...); err != nil {
 		return nil, err
 	}
-	return map[string]int{"published": len(msgs)}, nil
+	return publishAnswer(a.b, msgs), nil
 }
 
 func (a *api) send(ctx context.Context, body []byte) (any, error) {

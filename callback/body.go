@@ -93,6 +93,10 @@ func appendEvent(dst []byte, connID string, q *queued, states map[string]string)
 		dst = jsontext.AppendString(dst, ev.By)
 	}
 	dst = appendActionCable(dst, ev, states)
+	if len(ev.Recovered) > 0 {
+		dst = append(dst, `,"recovered":`...)
+		dst = append(dst, ev.Recovered...)
+	}
 	return append(dst, '}')
 }
 

@@ -40,6 +40,10 @@ type Event struct {
 	// state current when the request is built (ConnInfo.ChannelStates).
 	State    string
 	HasState bool
+
+	// Recovered is an open event's "recovered" object (SPEC §10), as JSON;
+	// nil → omitted.
+	Recovered []byte
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken

@@ -16,7 +16,9 @@ import (
 //	byte 2    kind: 'm' broadcast, 's' send to a connection, 'c' close it,
 //	          'k' close every subscriber of the channel (on a broadcast
 //	          channel, like 'm'; added within C1: a node that predates it
-//	          counts it as undecodable and drops it)
+//	          counts it as undecodable and drops it), 'h' a recorded
+//	          broadcast (added within C1 the same way, SPEC §10: after the
+//	          id, "<epoch>:<offset>\n", then the payload; history_redis.go)
 //	byte 3    flags: bit 0 set = binary payload; bit 1 ('c', 'k') = the
 //	          ActionCable client is told not to reconnect; bit 2 ('s') =
 //	          an ActionCable identifier follows the id
@@ -32,6 +34,7 @@ const (
 	kindSend        = 's'
 	kindClose       = 'c'
 	kindCloseAll    = 'k'
+	kindRecorded    = 'h'
 	flagBinary      = 1
 	flagNoReconnect = 2
 	flagIdentifier  = 4
@@ -130,6 +133,8 @@ func decodeMessage(b []byte) (Message, error) {
 	switch e.kind {
 	case kindMsg:
 		return Message{Data: e.payload, Binary: e.binary, Except: e.id}, nil
+	case kindRecorded:
+		return decodeRecorded(e)
 	case kindCloseAll:
 		return Message{Close: &ChannelClose{Code: e.code, Reason: string(e.payload),
 			NoReconnect: e.flags&flagNoReconnect != 0}}, nil

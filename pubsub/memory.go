@@ -26,6 +26,7 @@ type Memory struct {
 	subs    map[string]struct{} // the channels the node is subscribed to
 	started bool
 	closed  bool
+	hist    *memHistory // nil: no history (history_memory.go)
 }
 
 var _ Broker = (*Memory)(nil)
@@ -117,6 +118,21 @@ func (m *Memory) Publish(_ context.Context, msgs ...Message) error {
 		m.mu.RUnlock()
 		if err != nil {
 			return err
+		}
+		if m.hist != nil && msgs[i].Close == nil && m.hist.Records(msgs[i].Channel) {
+			// Whether the node is subscribed is asked again with the ring
+			// locked: a subscribe that came before a reader's look at the
+			// history must see every message that look did not.
+			m.hist.record(&msgs[i], func(msg Message) {
+				m.mu.RLock()
+				_, subscribed := m.subs[msg.Channel]
+				live := m.sink != nil
+				m.mu.RUnlock()
+				if subscribed && live {
+					sink.Deliver(msg)
+				}
+			})
+			continue
 		}
 		if subscribed {
 			sink.Deliver(msgs[i])

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/pubsub/pubsubtest"
@@ -151,5 +152,16 @@ func BenchmarkMemoryPublish(b *testing.B) {
 				}
 			}
 		})
+	})
+}
+
+func TestMemoryHistoryContract(t *testing.T) {
+	pubsubtest.RunHistory(t, func(_ *testing.T, _ string, h pubsub.HistoryConfig) pubsub.Broker {
+		return pubsub.NewMemory().WithHistory(h)
+	})
+	// With every channel recorded, the broker still keeps the whole
+	// contract.
+	pubsubtest.Run(t, func(*testing.T, string) pubsub.Broker {
+		return pubsub.NewMemory().WithHistory(pubsub.HistoryConfig{Size: 10, TTL: time.Minute})
 	})
 }

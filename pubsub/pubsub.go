@@ -24,6 +24,11 @@ type Message struct {
 	// "channel", SPEC §4): it travels to the nodes a broadcast to Channel
 	// reaches, and Data, Binary and Except are unused.
 	Close *ChannelClose
+	// Epoch and Offset are the message's position in its channel's
+	// history (SPEC §10, history.go); "" and 0 when it was not recorded.
+	// Publish sets them in the caller's slice for what it recorded.
+	Epoch  string
+	Offset uint64
 }
 
 // ChannelClose is how Message.Close closes each subscriber: by: app, with
@@ -100,7 +105,9 @@ type Broker interface {
 	// is not subscribed to is no error.
 	Unsubscribe(ctx context.Context, channels ...string) error
 	// Publish sends every message, in order, to every node subscribed to
-	// its channel (this one included).
+	// its channel (this one included). A broker keeping history records
+	// the messages of the channels that keep it in the same step, and sets
+	// their Epoch and Offset in msgs (the caller's slice).
 	Publish(ctx context.Context, msgs ...Message) error
 	// Direct sends a command to the node holding the connection. It returns
 	// ErrNoConnection when the broker knows the connection is nowhere (a

@@ -39,6 +39,8 @@ type RedisConfig struct {
 	URL    string // redis://, rediss://, redis+sentinel://, redis+cluster://, rediss+cluster://
 	Prefix string
 	Node   string // this node's id, as in its connection ids
+	// History is what to record (SPEC §10, history_redis.go).
+	History HistoryConfig
 }
 
 // Redis is the broker of several nodes: broadcasts travel over Redis
@@ -65,6 +67,7 @@ type Redis struct {
 	cluster bool
 	sub     subscriber
 	metrics *redisMetrics
+	hist    *redisHistory // nil: no history
 
 	nodeChannel string
 	sink        Sink
@@ -142,6 +145,7 @@ func NewRedis(cfg RedisConfig, log zerolog.Logger, reg prometheus.Registerer) (*
 		joining:     map[string]chan struct{}{},
 		leaving:     map[string]chan struct{}{},
 	}
+	r.hist = newRedisHistory(r, cfg.History)
 	if cluster {
 		r.sub = newShardedSubscriber(subRdb.(*redis.ClusterClient), r.log, r)
 	} else {
@@ -335,15 +339,33 @@ func (r *Redis) Publish(ctx context.Context, msgs ...Message) error {
 		return nil
 	}
 	pipe := r.rdb.Pipeline()
+	var recorded map[int]*redis.Cmd // only allocated when some message is recorded
 	for i := range msgs {
 		m := &msgs[i]
+		if r.hist.recorded(m) {
+			if recorded == nil {
+				recorded = make(map[int]*redis.Cmd, len(msgs))
+			}
+			recorded[i] = r.hist.queue(ctx, pipe, m)
+			continue
+		}
 		if !m.Binary && m.Except == "" && m.Close == nil {
 			r.publish(ctx, pipe, r.cfg.Prefix+m.Channel, m.Data)
 		} else {
 			r.publish(ctx, pipe, envelopeName(r.cfg.Prefix, m.Channel), encodeMessage(m))
 		}
 	}
-	_, err := pipe.Exec(ctx)
+	cmds, err := pipe.Exec(ctx)
+	if recorded != nil {
+		// A NOSCRIPT answer is the pipeline's error too: finish runs
+		// those again and judges every recorded call; here the others.
+		for i, c := range cmds {
+			if recorded[i] == nil && c.Err() != nil {
+				return fmt.Errorf("publishing to Redis: %w", c.Err())
+			}
+		}
+		return r.hist.finish(ctx, msgs, recorded)
+	}
 	if err != nil {
 		return fmt.Errorf("publishing to Redis: %w", err)
 	}

@@ -23,7 +23,8 @@ type parts struct {
 	callback callback.Config
 	upgrade  upgrade.Config
 	jwt      auth.JWTConfig
-	// redis and registry are used only when broker.url is set.
+	// redis and registry are used only when broker.url is set, but
+	// redis.History, which the memory broker is given too.
 	redis    pubsub.RedisConfig
 	registry registry.Config
 }
@@ -40,7 +41,10 @@ func partConfigs(cfg *config.Config, node string) (parts, error) {
 		callback: callbackConfig(cfg),
 		upgrade:  ucfg,
 		jwt:      jwtConfig(cfg),
-		redis:    pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node},
+		// History (SPEC §10) is the broker's, whichever it is: the memory
+		// broker takes it from here too.
+		redis: pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node,
+			History: pubsub.HistoryConfig{Size: cfg.History.Size, TTL: cfg.History.TTL, Channels: cfg.History.Channels}},
 		registry: registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
 	}, nil
 }

@@ -100,7 +100,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	ucfg.JWT = jwt
 
 	var (
-		inner   pubsub.Broker = pubsub.NewMemory()
+		inner   pubsub.Broker = pubsub.NewMemory().WithHistory(pc.redis.History)
 		records *registry.Registry
 	)
 	if cfg.Broker.URL != "" {

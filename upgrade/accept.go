@@ -37,6 +37,10 @@ type acceptance struct {
 	events     eventSet
 	eventsPath string
 	protocol   string
+	// SPEC §10 (history.go): Cablecar-Envelope: json, and the positions
+	// given as "; since=E:O" in Cablecar-Subscribe.
+	envelope bool
+	since    map[string]pubsub.Position
 }
 
 // ServeHTTP takes a WebSocket handshake through the accept callback
@@ -155,7 +159,8 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	if c.eventsPath == "" {
 		c.eventsPath = requestURI
 	}
-	s.acAccepted(c, &acc) // ActionCable: welcome first (actioncable_accept.go)
+	s.acAccepted(c, &acc)   // ActionCable: welcome first (actioncable_accept.go)
+	s.histAccepted(c, &acc) // envelope, resume (history.go)
 	if body := resp.Body(); len(body) > 0 {
 		c.enqueue(outgoing{data: bytes.Clone(body), size: len(body)})
 	}
@@ -170,6 +175,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
 		return
 	}
+	c.replay(acc.since) // what was missed, before any live message (history.go)
 
 	// fasthttp keeps Set-Cookie apart from other headers, one raw value
 	// per cookie; they are relayed verbatim.
@@ -239,12 +245,29 @@ func (s *Server) eventHeaders(h *fasthttp.RequestHeader) [][2]string {
 func parseAcceptance(resp *fasthttp.ResponseHeader, req *fasthttp.RequestHeader) (acceptance, error) {
 	acc := acceptance{events: allEvents}
 	for _, v := range resp.PeekAll("Cablecar-Subscribe") {
-		for _, ch := range splitList(string(v)) {
+		for _, item := range splitList(string(v)) {
+			ch, since, err := cutSince(item)
+			if err != nil {
+				return acc, fmt.Errorf("Cablecar-Subscribe: %w", err)
+			}
 			if err := pubsub.ValidateChannel(ch); err != nil {
 				return acc, fmt.Errorf("Cablecar-Subscribe: %w", err)
 			}
 			acc.subscribe = append(acc.subscribe, ch)
+			if since != nil {
+				if acc.since == nil {
+					acc.since = map[string]pubsub.Position{}
+				}
+				acc.since[ch] = *since
+			}
 		}
+	}
+	switch v := strings.TrimSpace(string(resp.Peek("Cablecar-Envelope"))); {
+	case v == "":
+	case strings.EqualFold(v, "json"):
+		acc.envelope = true
+	default:
+		return acc, fmt.Errorf("Cablecar-Envelope %.40q is not json", v)
 	}
 	if v := resp.Peek("Cablecar-State"); len(v) > callback.MaxStateSize {
 		return acc, fmt.Errorf("Cablecar-State is %d bytes, more than %d", len(v), callback.MaxStateSize)

@@ -51,6 +51,8 @@ type acConn struct {
 	// better than its "by" (an app's close reply, admin /close). Guarded
 	// by the Conn's mu.
 	disc *acDisconnect
+
+	hist *acHist // ext connections' history (actioncable_history.go); nil on others
 }
 
 type acSub struct {
@@ -65,7 +67,11 @@ type acDisconnect struct {
 }
 
 func newACConn(p actioncable.Protocol) *acConn {
-	return &acConn{proto: p, subs: map[string]*acSub{}, streams: map[string][]string{}}
+	ac := &acConn{proto: p, subs: map[string]*acSub{}, streams: map[string][]string{}}
+	if p == actioncable.Ext {
+		ac.hist = &acHist{}
+	}
+	return ac
 }
 
 // acMetrics count what ActionCable clients send that is not carried out.
@@ -85,8 +91,8 @@ func newACMetrics(reg prometheus.Registerer) *acMetrics {
 // acProtocol says whether an accept's chosen subprotocol makes the
 // connection an ActionCable one.
 func acProtocol(chosen string) (actioncable.Protocol, bool) {
-	// The ext protocol is spoken once history and restore are (§10).
-	return actioncable.ParseProtocol(chosen, false)
+	// The ext protocol: history (§10, actioncable_history.go).
+	return actioncable.ParseProtocol(chosen, true)
 }
 
 // send queues a frame of this connection alone.
@@ -139,6 +145,7 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 			c.acMalformed("already_subscribed")
 			return
 		}
+		c.acHistoryOnSubscribe(cmd.Identifier, cmd.History) // ext: answered once confirmed
 		if v := c.hub.ac.lane.Decide(cmd.Identifier); v.Lane != actioncable.ToApp {
 			c.acFastLane(cmd.Identifier, v)
 			return
@@ -164,9 +171,11 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 		// The state goes with the event: the subscription is gone by the
 		// time its request is built, and the app's unsubscribed needs it.
 		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier, State: state, HasState: hasState})
+	case actioncable.History:
+		c.acHistoryCommand(cmd.Identifier, cmd.History)
 	default:
-		// The ext protocol's commands (history, pong, presence) are for
-		// ext connections, which are not spoken yet.
+		// The ext protocol's other commands (pong, presence) are not
+		// spoken yet.
 		c.acMalformed(actioncable.UnknownCommand.String())
 	}
 }
@@ -192,6 +201,7 @@ func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
 	if v.Lane == actioncable.Reject {
 		c.log.Debug().AnErr("why", v.Err).Msg("actioncable: signed stream rejected")
 		c.acSend(actioncable.AppendAck(nil, actioncable.RejectSubscription, id))
+		c.acRejected(id)
 		return
 	}
 	c.ac.opMu.Lock()
@@ -199,6 +209,7 @@ func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
 	c.acStream(id, v.Stream)
 	c.ac.opMu.Unlock()
 	c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
+	c.acConfirmed(id)
 }
 
 func (c *Conn) acSubscribed(id string) bool {
@@ -259,6 +270,7 @@ func (c *Conn) acStream(id, stream string) {
 	first := len(ac.streams[stream]) == 0 && !plain
 	ac.streams[stream] = append(ac.streams[stream], id)
 	ac.mu.Unlock()
+	c.acHoldStream(id, stream) // ext: held until the subscribe's history is answered
 	if first {
 		if err := c.subscribe(stream); err != nil {
 			c.log.Warn().Err(err).Str("stream", stream).Msg("actioncable: streaming failed")
@@ -435,10 +447,12 @@ func (c *Conn) acApply(r *callback.Reply) {
 	ac.opMu.Unlock()
 	for _, id := range x.Reject {
 		c.acSend(actioncable.AppendAck(nil, actioncable.RejectSubscription, id))
+		c.acRejected(id)
 	}
 	for _, id := range x.Confirm {
 		if c.acSubscribed(id) {
 			c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
+			c.acConfirmed(id)
 		} else {
 			c.log.Debug().Str("identifier", id).Msg("actioncable: confirm for an identifier not subscribed: ignored")
 		}

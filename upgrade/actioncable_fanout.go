@@ -73,6 +73,7 @@ type acFrames struct {
 	mu    sync.Mutex
 	b     actioncable.Broadcast
 	built map[string]outgoing
+	ext   map[string]outgoing // ext connections' frames (actioncable_history.go)
 }
 
 func (f *acFrames) get(identifier string) outgoing {
@@ -108,6 +109,11 @@ func acDeliverTo(conns []*Conn, m *pubsub.Message, f *acFrames) {
 	)
 	for _, c := range conns {
 		ac := c.ac
+		if ac.hist != nil {
+			w, b := c.acDeliverExt(m, f)
+			written, bytes = written+w, bytes+b
+			continue
+		}
 		ac.mu.RLock()
 		list := append(ids[:0], ac.streams[m.Channel]...)
 		_, plain := ac.plain[m.Channel]

@@ -59,7 +59,8 @@ type Conn struct {
 	events eventSet
 	claims json.RawMessage
 	stream *callback.Stream
-	ac     *acConn // ActionCable (actioncable.go); nil on a plain WebSocket
+	ac     *acConn   // ActionCable (actioncable.go); nil on a plain WebSocket
+	hist   *connHist // envelope, resume (history.go); nil without either
 
 	// ws is nil until the 101 has been written. The heartbeat reads it
 	// without the lock, hence atomic.
@@ -188,7 +189,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.mu.Unlock()
 
 	if c.events.has(eventOpen) {
-		c.stream.Push(callback.Event{Type: callback.EventOpen})
+		c.stream.Push(callback.Event{Type: callback.EventOpen, Recovered: c.openRecovered()})
 	}
 	c.opened.Store(true)
 	if c.rc != nil {

@@ -45,6 +45,9 @@ func (h *Hub) Deliver(m pubsub.Message) {
 	if len(targets) > 0 && h.ac.any() {
 		targets = h.acDeliver(m, targets) // ActionCable connections: actioncable_hub.go
 	}
+	if len(targets) > 0 && h.histLive.Load() > 0 {
+		targets = h.histDeliver(m, targets) // envelope, resume: history.go
+	}
 	if len(targets) > 0 {
 		out := outgoing{frame: newFrame(m.Binary, m.Data), size: len(m.Data)}
 		fanout(targets, out, m.Except, runtime.GOMAXPROCS(0))

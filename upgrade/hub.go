@@ -41,7 +41,10 @@ type Hub struct {
 
 	shards [shardCount]shard
 	ac     *hubAC // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
-	chans  [chanShardCount]chanShard
+	// histLive counts connections with a history side (history.go), so
+	// that a node without any spends nothing on them per broadcast.
+	histLive atomic.Int64
+	chans    [chanShardCount]chanShard
 
 	// pending are the channels whose Subscribe failed (the broker was
 	// away) while they had members; retrying says the goroutine retrying
@@ -111,6 +114,7 @@ func (h *Hub) add(c *Conn) bool {
 	s.conns[c.id] = c
 	s.mu.Unlock()
 	h.ac.counted(c, 1)
+	h.histCounted(c, 1)
 	h.live.Add(1)
 	h.metrics.open.Inc()
 	return true
@@ -125,6 +129,7 @@ func (h *Hub) remove(c *Conn) {
 	s.mu.Unlock()
 	if ok {
 		h.ac.counted(c, -1)
+		h.histCounted(c, -1)
 		h.metrics.open.Dec()
 		h.live.Done()
 	}

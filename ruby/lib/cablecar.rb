@@ -37,6 +37,28 @@ module Cablecar
     # (default), or Redis when redis or redis_url is set.
     attr_writer(*FROM_ENV.keys)
     attr_accessor :redis, :redis_url, :timeout
+    # With redis: the sidecar's history settings (SPEC §10), so that what
+    # is published straight to Redis is recorded as the sidecar records:
+    # history_size (messages per channel, 0 = none), history_ttl (seconds)
+    # and history_channels (names, a trailing * matching any suffix).
+    # From CABLECAR_HISTORY_SIZE, _TTL (seconds, or Go-style "5m") and
+    # _CHANNELS (comma-separated), as the sidecar reads them, when first
+    # needed.
+    attr_writer :history_size, :history_ttl, :history_channels
+
+    def history_size
+      @history_size.nil? ? @env.fetch("CABLECAR_HISTORY_SIZE", "0").to_i : @history_size
+    end
+
+    def history_ttl
+      @history_ttl.nil? ? Config.seconds(@env.fetch("CABLECAR_HISTORY_TTL", "300")) : @history_ttl
+    end
+
+    def history_channels
+      return @history_channels unless @history_channels.nil?
+
+      @env.fetch("CABLECAR_HISTORY_CHANNELS", "").split(",").map(&:strip).reject(&:empty?)
+    end
 
     def initialize(env = ENV)
       @env = env
@@ -44,6 +66,17 @@ module Cablecar
       @redis = nil
       @redis_url = nil
       @timeout = 5
+      @history_size = nil
+      @history_ttl = nil
+      @history_channels = nil
+    end
+
+    # Seconds in "300", "300s", "5m" or "1h".
+    def self.seconds(text)
+      m = /\A\s*(\d+)\s*(ms|s|m|h)?\s*\z/.match(text.to_s)
+      raise ArgumentError, "#{text.inspect} is not a duration (300, 300s, 5m, 1h)" unless m
+
+      m[1].to_i * { "ms" => 0.001, "s" => 1, "m" => 60, "h" => 3600, nil => 1 }.fetch(m[2])
     end
 
     FROM_ENV.each do |name, (var, default)|
@@ -55,7 +88,8 @@ module Cablecar
 
     def publisher
       if @redis || @redis_url
-        RedisPublisher.new(redis: @redis || redis_client, prefix: prefix)
+        RedisPublisher.new(redis: @redis || redis_client, prefix: prefix,
+                           history: { size: history_size, ttl: history_ttl, channels: history_channels })
       else
         AdminPublisher.new(url: admin_url, api_key: admin_api_key, timeout: @timeout)
       end
@@ -88,7 +122,8 @@ module Cablecar
 
     # Sends data (a String; binary when ASCII-8BIT) to every connection
     # subscribed to channel, on every node; except: a connection id to
-    # leave out.
+    # leave out. Returns the message's position "<epoch>:<offset>" when the
+    # channel keeps history (SPEC §10), else true.
     def publish(channel, data, except: nil)
       publisher.publish(check_channel!(channel), data, except: except)
     end

@@ -37,6 +37,7 @@ require "rack"
 
 class ACApp
   PROTOCOL = "actioncable-v1-json"
+  EXT_PROTOCOL = "actioncable-v1-ext-json" # AnyCable's extended protocol, chosen when offered
   MAX_BODY = 1024 * 1024
 
   def initialize
@@ -67,9 +68,10 @@ class ACApp
     refusal = req.params["reject"] || req.cookies["reject"]
     return text(401, "unauthorized", "WWW-Authenticate" => "Bearer") if refusal == "401"
     return text(403, "forbidden") if refusal == "1"
-    return text(400, "speak #{PROTOCOL}") unless offered.include?(PROTOCOL)
+    chosen = offered.include?(EXT_PROTOCOL) ? EXT_PROTOCOL : PROTOCOL
+    return text(400, "speak #{PROTOCOL}") unless offered.include?(chosen)
 
-    headers = { "Cablecar-Accept" => "websocket", "Sec-WebSocket-Protocol" => PROTOCOL }
+    headers = { "Cablecar-Accept" => "websocket", "Sec-WebSocket-Protocol" => chosen }
     { "events" => "Cablecar-Events", "state" => "Cablecar-State", "subscribe" => "Cablecar-Subscribe" }.each do |param, header|
       headers[header] = req.params[param] if req.params.key?(param)
     end

@@ -30,6 +30,7 @@
 #     subscribe=…    Cablecar-Subscribe           state=…       Cablecar-State
 #     events=…       Cablecar-Events              events_path=… Cablecar-Events-Path
 #     protocol=…     Sec-WebSocket-Protocol       cookie=1      two Set-Cookie headers
+#     envelope=…     Cablecar-Envelope
 #     first=…        body (first message); "{id}" in it becomes the connection id
 #     status=2xx     the accepting status (default 200)
 #     on_open=CMD, on_close=CMD  answer the open / close event as a message CMD
@@ -143,7 +144,7 @@ module CablecarTestApp
       {
         "subscribe" => "cablecar-subscribe", "state" => "cablecar-state",
         "events" => "cablecar-events", "events_path" => "cablecar-events-path",
-        "protocol" => "sec-websocket-protocol"
+        "protocol" => "sec-websocket-protocol", "envelope" => "cablecar-envelope"
       }.each do |param, header|
         headers[header] = query[param] if query.key?(param)
       end

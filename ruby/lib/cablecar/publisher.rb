@@ -1,7 +1,9 @@
 # frozen_string_literal: true
 
+require "digest"
 require "json"
 require "net/http"
+require "securerandom"
 require "uri"
 
 module Cablecar
@@ -22,11 +24,13 @@ module Cablecar
       @key = :"cablecar_admin_#{object_id}"
     end
 
+    # The message's position "<epoch>:<offset>" when its channel keeps
+    # history (SPEC §10), else true.
     def publish(channel, data, except: nil)
       item = { "channel" => channel }.merge(Cablecar.frame(data))
       item["except"] = except.to_s if except
-      post("/publish", item)
-      true
+      res = post("/publish", item)
+      (res.is_a?(Hash) && Array(res["positions"]).first) || true
     end
 
     def send_to(connection_id, data)
@@ -54,7 +58,7 @@ module Cablecar
       req.body = JSON.generate(payload)
       res = http.request(req)
       code = res.code.to_i
-      return true if code.between?(200, 299)
+      return parsed(res.body) if code.between?(200, 299)
       return false if code == 404 && missing_ok
 
       message = begin
@@ -66,6 +70,13 @@ module Cablecar
     rescue SystemCallError, IOError, Timeout::Error, OpenSSL::SSL::SSLError => e
       drop_connection
       raise Unavailable, "Cablecar admin API at #{@uri} unreachable: #{e.class}: #{e.message}"
+    end
+
+    # A success's JSON body, or true when it has none.
+    def parsed(body)
+      JSON.parse(body.to_s)
+    rescue JSON::ParserError
+      true
     end
 
     def drop_connection
@@ -95,21 +106,38 @@ module Cablecar
   # Redis"). Takes any client with #publish(channel, message), such as the
   # redis gem's. Not for a Redis Cluster, where nodes listen with
   # SSUBSCRIBE: use the admin API there.
+  #
+  # With history (history: the sidecar's history.size, ttl in seconds and
+  # channels), a channel that keeps it is published through Cablecar's own
+  # script (publish.lua, the same text the sidecar runs), which records and
+  # publishes in one step and returns the position; the client must then
+  # answer #evalsha and #eval too, as the redis gem's does.
   class RedisPublisher
+    SCRIPT = File.read(File.join(__dir__, "publish.lua")).freeze
+    SCRIPT_SHA = Digest::SHA1.hexdigest(SCRIPT).freeze
+    # How much longer than the messages the epoch is kept (the sidecar's
+    # epochLinger).
+    EPOCH_LINGER = 24 * 3600
+
     CONNECTION_ID = /\Ac_([A-Za-z0-9_-]{8})[A-Za-z0-9_-]{16}\z/.freeze
 
-    def initialize(redis:, prefix: "cablecar:")
+    def initialize(redis:, prefix: "cablecar:", history: nil)
       raise ArgumentError, "redis must respond to #publish(channel, message)" unless redis.respond_to?(:publish)
 
       @redis = redis
       @prefix = prefix.to_s
+      @history = history if history && history[:size].to_i.positive?
+      @seed = SecureRandom.alphanumeric(12)
     end
 
     # Text without except goes verbatim on the channel itself, as the app's
     # own PUBLISH would; the rest in the envelope on its companion channel.
+    # A channel with history returns its position, the others true.
     def publish(channel, data, except: nil)
       bytes, binary = Cablecar.message(data)
       name = "#{@prefix}#{channel}"
+      return record(name, channel, bytes, binary, except) if records?(channel)
+
       if !binary && except.nil?
         deliver(name, bytes)
       else
@@ -143,6 +171,32 @@ module Cablecar
     end
 
     private
+
+    def records?(channel)
+      return false unless @history
+
+      patterns = Array(@history[:channels])
+      patterns.empty? || patterns.any? { |p| p.end_with?("*") ? channel.start_with?(p.chomp("*")) : p == channel }
+    end
+
+    # Runs publish.lua: the stream and its epoch share the channel's hash
+    # tag; the envelope's head goes before the position the script adds.
+    def record(name, channel, bytes, binary, except)
+      keys = ["#{@prefix}~h:{#{name}}", "#{@prefix}~hm:{#{name}}"]
+      ttl_ms = (@history[:ttl] || 300).to_i * 1000
+      argv = ["#{@prefix}~x:{#{name}}", envelope("h", binary, except.to_s, ""), bytes, @history[:size].to_i,
+              ttl_ms, ttl_ms + EPOCH_LINGER * 1000, @seed, "0"]
+      epoch, offset = begin
+        @redis.evalsha(SCRIPT_SHA, keys: keys, argv: argv)
+      rescue StandardError => e
+        raise unless e.message.start_with?("NOSCRIPT")
+
+        @redis.eval(SCRIPT, keys: keys, argv: argv)
+      end
+      "#{epoch}:#{offset}"
+    rescue StandardError => e
+      raise Unavailable, "Redis: #{e.class}: #{e.message} (publishing to #{channel})"
+    end
 
     # The client's own errors (Redis::CannotConnectError and the like)
     # become Unavailable, as the admin API's do, so callers rescue one

@@ -143,6 +143,19 @@ module Cablecar
       found
     end
 
+    # The connection resumed on channel ("; since=E:O" in its accept's
+    # Cablecar-Subscribe) and the history reached back: it was sent what
+    # it missed. Positions are those publish returned ("test:<n>").
+    def assert_recovered(channel, conn = connection)
+      cablecar_check(conn.recovered.to_h[channel] == true,
+                     "expected #{conn.id} to have recovered #{channel}; recovered: #{conn.recovered.inspect}")
+    end
+
+    def refute_recovered(channel, conn = connection)
+      cablecar_check(conn.recovered.to_h.key?(channel) && conn.recovered[channel] == false,
+                     "expected #{conn.id} to resume #{channel} without recovering it; recovered: #{conn.recovered.inspect}")
+    end
+
     def assert_closed(code = nil, conn = connection)
       cablecar_check(conn.closed?, "expected #{conn.id} to be closed")
       cablecar_check(code.nil? || conn.close_info[:code] == code, "expected close code #{code}, got #{conn.close_info.inspect}")
@@ -183,8 +196,12 @@ module Cablecar
         @closed_channels = []
       end
 
+      # Every channel keeps its whole history here, in the epoch "test":
+      # the position returned is "test:<offset>", as Cablecar.publish
+      # returns it with history on.
       def publish(channel, data, except: nil)
         @published << { channel: channel, data: data, except: except }
+        history[channel] << data
         @connections.each do |c|
           next unless c.open? && c.id != except
 
@@ -195,7 +212,21 @@ module Cablecar
             c.receive(data)
           end
         end
-        true
+        "test:#{history[channel].size}"
+      end
+
+      # What a connection resuming on channel after position gets: whether
+      # the history reaches back, and the messages after it.
+      def replay(channel, position) # :nodoc:
+        epoch, offset = position.to_s.split(":", 2)
+        n = Integer(offset.to_s, 10, exception: false)
+        return [false, []] unless epoch == "test" && n && n >= 0 && n <= history[channel].size
+
+        [true, history[channel].drop(n)]
+      end
+
+      def history
+        @history ||= Hash.new { |h, k| h[k] = [] }
       end
 
       def send_to(connection_id, data)
@@ -226,6 +257,9 @@ module Cablecar
     # One client connection, seen from Cablecar.
     class Connection
       attr_reader :id, :path, :status, :headers, :body, :messages, :channels, :state, :close_info
+      # The open event's "recovered" (channel => true/false) for the
+      # channels the accept resumed with "; since=E:O" (SPEC §10).
+      attr_reader :recovered
 
       def initialize(app, broker, secret, path, headers:, claims:, forward:)
         @app = app
@@ -279,13 +313,23 @@ module Cablecar
         return self unless @status.between?(200, 299) && @headers["cablecar-accept"] == "websocket"
 
         @accepted = true
-        @channels = list(@headers["cablecar-subscribe"])
+        since = {}
+        @channels = list(@headers["cablecar-subscribe"]).map do |item|
+          name, *params = item.split(";").map(&:strip)
+          params.each { |p| since[name] = p.delete_prefix("since=") if p.start_with?("since=") }
+          name
+        end
         @state = @headers["cablecar-state"].to_s
         @events = @headers["cablecar-events"] ? list(@headers["cablecar-events"]) : %w[open message close]
         @events_path = @headers["cablecar-events-path"] || @path
         @broker.connections << self
         @messages << @body unless @body.empty?
-        post("type" => "open")
+        @recovered = since.to_h do |name, position|
+          ok, missed = @broker.replay(name, position)
+          missed.each { |m| receive(m) } if ok
+          [name, ok]
+        end
+        post(@recovered.empty? ? { "type" => "open" } : { "type" => "open", "recovered" => @recovered })
         self
       end
 
