@@ -21,7 +21,6 @@ var notInParts = map[string]string{
 	"log.level":        "NewLogger",
 	"log.format":       "NewLogger",
 	// Read and validated, not acted on yet: session restore is SPEC §10.
-	"actioncable.session_ttl":  "not acted on yet (SPEC §10)",
 	"history.size":             "not acted on yet (SPEC §10)",
 	"history.ttl":              "not acted on yet (SPEC §10)",
 	"history.channels":         "not acted on yet (SPEC §10)",

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cablecar/cablecar/actioncable"
 	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/session"
 )
 
 // ActionCable connections (SPEC §9): those whose accept chose
@@ -29,6 +30,10 @@ type ActionCableConfig struct {
 	PingInterval       time.Duration // the protocol's ping; 0 = 3s
 	TurboStreamsSecret string        // the Turbo fast lane's key; "" = off
 	PublicStreams      bool          // $pubsub public streams confirmed by Cablecar
+	// Sessions keeps ext sessions for restore (SPEC §10, session.go);
+	// nil = restore off (session_ttl 0). SessionTTL is session_ttl.
+	Sessions   session.Store
+	SessionTTL time.Duration
 }
 
 // acConn is an ActionCable connection's protocol state.
@@ -51,6 +56,9 @@ type acConn struct {
 	// better than its "by" (an app's close reply, admin /close). Guarded
 	// by the Conn's mu.
 	disc *acDisconnect
+
+	// sess is an ext connection's session (session.go); nil otherwise.
+	sess *acSession
 }
 
 type acSub struct {
@@ -71,6 +79,7 @@ func newACConn(p actioncable.Protocol) *acConn {
 // acMetrics count what ActionCable clients send that is not carried out.
 type acMetrics struct {
 	malformed *prometheus.CounterVec // reason
+	sessions  *prometheus.CounterVec // outcome (session.go)
 }
 
 func newACMetrics(reg prometheus.Registerer) *acMetrics {
@@ -78,15 +87,18 @@ func newACMetrics(reg prometheus.Registerer) *acMetrics {
 		Name: "cablecar_actioncable_malformed_commands_total",
 		Help: "ActionCable commands ignored, by reason (not_json, unknown_command, bad_identifier, bad_data, not_subscribed, already_subscribed…).",
 	}, []string{"reason"})}
-	reg.MustRegister(m.malformed)
+	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_actioncable_sessions_total",
+		Help: "ActionCable ext sessions (SPEC §10), by outcome: held (a close waits for a restore), restored, not_found (a sid that restores nothing), other_sub.",
+	}, []string{"outcome"})
+	reg.MustRegister(m.malformed, m.sessions)
 	return m
 }
 
 // acProtocol says whether an accept's chosen subprotocol makes the
 // connection an ActionCable one.
 func acProtocol(chosen string) (actioncable.Protocol, bool) {
-	// The ext protocol is spoken once history and restore are (§10).
-	return actioncable.ParseProtocol(chosen, false)
+	return actioncable.ParseProtocol(chosen, true)
 }
 
 // send queues a frame of this connection alone.
@@ -153,6 +165,7 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 			return
 		}
 		c.acPush(callback.Event{Type: callback.EventPerform, Identifier: cmd.Identifier, Data: []byte(cmd.Data)})
+		return
 	case actioncable.Unsubscribe:
 		if !c.acSubscribed(cmd.Identifier) {
 			c.acMalformed(actioncable.NotSubscribed.String())
@@ -162,11 +175,14 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 		c.acDropSub(cmd.Identifier)
 		ac.opMu.Unlock()
 		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier})
+	case actioncable.Pong:
+		// Liveness only (SPEC §10): the read loop noted the frame.
+		return
 	default:
-		// The ext protocol's commands (history, pong, presence) are for
-		// ext connections, which are not spoken yet.
 		c.acMalformed(actioncable.UnknownCommand.String())
+		return
 	}
+	c.acSessionChanged()
 }
 
 func (c *Conn) acMalformed(why string) {
@@ -196,6 +212,7 @@ func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
 	c.acAddSub(id)
 	c.acStream(id, v.Stream)
 	c.ac.opMu.Unlock()
+	c.acSessionChanged()
 	c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
 }
 
@@ -452,6 +469,7 @@ func (c *Conn) acApply(r *callback.Reply) {
 		}
 		cancel()
 	}
+	c.acSessionChanged()
 	if cl := r.Close; cl != nil {
 		c.acSetDisconnect(cl.Reason, !cl.NoReconnect)
 		c.closeWith(cl.Code, cl.Reason, ByApp)
@@ -476,6 +494,10 @@ func (c *Conn) acSetDisconnect(reason string, reconnect bool) {
 // queue's bounds (it is the last frame). The caller holds c.mu.
 func (c *Conn) acDisconnectLocked(by string) {
 	d := c.ac.disc
+	if d == nil && c.acKeepsSession(by) {
+		// @anycable/web forgets its sid on a disconnect (SPEC §9).
+		return
+	}
 	if d == nil {
 		d = &acDisconnect{reason: by, reconnect: true}
 		switch by {
