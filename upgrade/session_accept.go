@@ -44,11 +44,9 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 		return false
 	}
 
-	if old := s.hub.get(sess.ConnID); old != nil && old.ac != nil && old.ac.sess != nil {
-		// Its client came back before this node saw it go: the old
-		// socket ends without a close of its own, the session goes on here.
-		old.ac.sess.superseded.Store(true)
-		old.closeWith(websocket1000, "restored elsewhere", ByClient)
+	seq := sess.Seq
+	if n, ok := s.supersede(sess.ConnID); ok {
+		seq = n
 	}
 
 	req := fasthttp.AcquireRequest()
@@ -88,7 +86,6 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 		ac.plain[ch] = struct{}{}
 	}
 	newSID := session.NewSID()
-	seq := sess.Seq
 	ac.sess = &acSession{sid: newSID, sub: sess.Sub, resumeAt: seq, restored: true}
 	// Saved before the welcome can reach the client: the new sid must
 	// restore something should this connection end at once.
@@ -133,8 +130,34 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 	return true
 }
 
-// websocket1000 is a normal closure.
-const websocket1000 = 1000
+// supersede ends the connection of a session restored while this node
+// still holds it (its client came back before the old socket was seen to
+// end): cut, with no close of its own, since the session goes on. Once it
+// is torn down, its numbering is final and the restored connection goes
+// on from there (ok); should that take long, the stored Seq, which is
+// ahead of anything the old one numbered, is used.
+func (s *Server) supersede(id string) (uint64, bool) {
+	old := s.hub.get(id)
+	if old == nil || old.ac == nil || old.ac.sess == nil {
+		return 0, false
+	}
+	old.ac.sess.superseded.Store(true)
+	old.decide(closing{code: closeNoFrame, reason: "session restored", by: ByClient})
+	old.cut()
+	deadline := time.Now().Add(supersedeWait)
+	for s.hub.get(id) == old && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	st := old.ac.sess.stream.Load()
+	if s.hub.get(id) == old || st == nil {
+		return 0, false
+	}
+	return st.Seq(), true
+}
+
+// supersedeWait bounds how long a restore waits for the connection it
+// supersedes to be torn down.
+const supersedeWait = time.Second
 
 // restoreSID is the sid a handshake brings back: the query's, else
 // AnyCable's header; "" (an empty one included) is none.

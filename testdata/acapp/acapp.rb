@@ -5,7 +5,8 @@
 # @rails/actioncable clients. It only ever sees plain HTTP:
 #
 # - the accept GET (Cablecar-Upgrade: websocket): accepted choosing
-#   actioncable-v1-json when the client offered it; refused 403 when the
+#   actioncable-v1-ext-json, else actioncable-v1-json, when the client
+#   offered it (the request's X-AnyCable-Restore-Sid is recorded); refused 403 when the
 #   query has reject=1 or a cookie reject=1 is sent (reject=401 gives 401).
 #   Query: events=… (Cablecar-Events), state=… (Cablecar-State),
 #   subscribe=… (Cablecar-Subscribe, which Cablecar must ignore here).
@@ -37,6 +38,8 @@ require "rack"
 
 class ACApp
   PROTOCOL = "actioncable-v1-json"
+  # AnyCable's extended protocol (@anycable/web), chosen when offered.
+  EXT_PROTOCOL = "actioncable-v1-ext-json"
   MAX_BODY = 1024 * 1024
 
   def initialize
@@ -62,14 +65,16 @@ class ACApp
   def accept(req)
     id = req.get_header("HTTP_CABLECAR_CONNECTION_ID").to_s
     offered = req.get_header("HTTP_SEC_WEBSOCKET_PROTOCOL").to_s.split(",").map(&:strip)
-    record(id, "accepts", "path" => req.fullpath, "protocols" => offered, "cookie" => req.cookies)
+    record(id, "accepts", "path" => req.fullpath, "protocols" => offered, "cookie" => req.cookies,
+                          "restore_sid" => req.get_header("HTTP_X_ANYCABLE_RESTORE_SID"))
 
     refusal = req.params["reject"] || req.cookies["reject"]
     return text(401, "unauthorized", "WWW-Authenticate" => "Bearer") if refusal == "401"
     return text(403, "forbidden") if refusal == "1"
-    return text(400, "speak #{PROTOCOL}") unless offered.include?(PROTOCOL)
+    chosen = [EXT_PROTOCOL, PROTOCOL].find { |p| offered.include?(p) }
+    return text(400, "speak #{PROTOCOL}") unless chosen
 
-    headers = { "Cablecar-Accept" => "websocket", "Sec-WebSocket-Protocol" => PROTOCOL }
+    headers = { "Cablecar-Accept" => "websocket", "Sec-WebSocket-Protocol" => chosen }
     { "events" => "Cablecar-Events", "state" => "Cablecar-State", "subscribe" => "Cablecar-Subscribe" }.each do |param, header|
       headers[header] = req.params[param] if req.params.key?(param)
     end
