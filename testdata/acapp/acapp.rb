@@ -31,6 +31,7 @@
 # Every accept and event is recorded per connection id and read back with
 #   GET /_events?conn=ID  {"accepts": […], "events": […]}
 #   GET /_conns           {"conns": [ids in the order first seen]}
+#   GET /_count           {"accepts", "event_requests", "events"}: totals
 # GET / answers "acapp" (Puma's readiness probe).
 
 require "json"
@@ -45,6 +46,7 @@ class ACApp
   def initialize
     @lock = Mutex.new
     @log = {} # connection id → {"accepts" => […], "events" => […]}
+    @count = { "accepts" => 0, "event_requests" => 0, "events" => 0 }
   end
 
   def call(env)
@@ -56,6 +58,7 @@ class ACApp
     when "/" then text(200, "acapp")
     when "/_events" then json(200, @lock.synchronize { @log.fetch(req.params["conn"].to_s, { "accepts" => [], "events" => [] }) })
     when "/_conns" then json(200, "conns" => @lock.synchronize { @log.keys })
+    when "/_count" then json(200, @lock.synchronize { @count.dup })
     else text(404, "not found")
     end
   end
@@ -64,6 +67,7 @@ class ACApp
 
   def accept(req)
     id = req.get_header("HTTP_CABLECAR_CONNECTION_ID").to_s
+    @lock.synchronize { @count["accepts"] += 1 }
     offered = req.get_header("HTTP_SEC_WEBSOCKET_PROTOCOL").to_s.split(",").map(&:strip)
     record(id, "accepts", "path" => req.fullpath, "protocols" => offered, "cookie" => req.cookies,
                           "restore_sid" => req.get_header("HTTP_X_ANYCABLE_RESTORE_SID"))
@@ -85,6 +89,10 @@ class ACApp
     body = JSON.parse(req.body.read(MAX_BODY).to_s)
     conn = body.fetch("connection")
     reply = Hash.new { |h, k| h[k] = [] }
+    @lock.synchronize do
+      @count["event_requests"] += 1
+      @count["events"] += body.fetch("events").size
+    end
     body.fetch("events").each do |event|
       record(conn["id"], "events", event)
       handle(conn, event, reply)
