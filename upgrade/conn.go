@@ -267,6 +267,7 @@ func (c *Conn) abandon() {
 	c.mu.Unlock()
 	c.hub.remove(c)
 	c.leaveAll()
+	c.acAbandoned() // session.go
 	c.log.Debug().Msg("accepted connection abandoned before its 101 was written")
 }
 

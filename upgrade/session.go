@@ -153,7 +153,9 @@ func (c *Conn) acHold(end closing, code int, fenced bool) bool {
 	store := c.hub.cfg.ActionCable.Sessions
 	if ss.superseded.Load() {
 		// Its session goes on in the connection that restored it here,
-		// under the same id: nothing of this one is to be told.
+		// under the same id: nothing of this one is to be told. (The
+		// sid was taken: Drop only forgets this node's note of it.)
+		store.Drop(ss.sid)
 		c.stream.End(nil)
 		return true
 	}
@@ -183,6 +185,15 @@ func (c *Conn) acHold(end closing, code int, fenced bool) bool {
 	store.Hold(ss.sid, func() *session.Session { return snap }, written)
 	c.hub.ac.metrics.sessions.WithLabelValues("held").Inc()
 	return true
+}
+
+// acAbandoned forgets the session of a new connection whose 101 was
+// never written: no client holds its sid. (A restored one's is given
+// back by the restore itself.)
+func (c *Conn) acAbandoned() {
+	if c.ac != nil && c.ac.sess != nil && !c.ac.sess.restored {
+		c.hub.cfg.ActionCable.Sessions.Drop(c.ac.sess.sid)
+	}
 }
 
 // claimSub is the claims' sub as a string (a number too: Rails' user.id).
