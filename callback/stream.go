@@ -159,6 +159,9 @@ type Stream struct {
 	// dropped; never when shutdown abandoned it. Guarded by mu until the
 	// close event is queued, then the delivering goroutine's.
 	after func()
+	// every, onEvery: session restore's numbering hook (session.go).
+	every   uint64
+	onEvery func(n uint64)
 }
 
 // NewStream starts the ordered event stream of one connection. path is the
@@ -330,6 +333,9 @@ func (s *Stream) End(final *Event) {
 // goroutine when there is none.
 func (s *Stream) enqueueLocked(ev Event) {
 	s.seq++
+	if s.onEvery != nil && s.seq%s.every == 0 {
+		s.onEvery(s.seq)
+	}
 	s.pending = append(s.pending, queued{ev: ev, n: s.seq})
 	s.pendingBytes += len(ev.Data)
 	if ev.Type == EventClose && s.counted {

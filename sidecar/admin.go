@@ -16,24 +16,28 @@ import (
 // own connections from its hub, another node's from the records it keeps
 // in Redis (records is nil with the in-memory broker, where every
 // connection is this node's).
-func connLookup(node string, hub *upgrade.Hub, records *registry.Registry) admin.Lookup {
+func connLookup(node string, hub *upgrade.Hub, records *registry.Registry, sessions admin.Lookup) admin.Lookup {
 	return func(ctx context.Context, id string) (admin.Connection, bool, error) {
 		owner, ok := pubsub.NodeOf(id)
 		if !ok {
 			return admin.Connection{}, false, nil
 		}
-		if owner == node {
-			channels, ok := hub.Lookup(id)
-			return admin.Connection{ID: id, Node: node, Channels: channels}, ok, nil
+		// A restored session's connection may be here under an id that
+		// names another node (SPEC §10).
+		if channels, ok := hub.Lookup(id); ok {
+			return admin.Connection{ID: id, Node: node, Channels: channels}, true, nil
 		}
-		if records == nil {
-			return admin.Connection{}, false, nil
+		if owner != node && records != nil {
+			rec, ok, err := records.Lookup(ctx, id)
+			if err != nil {
+				return admin.Connection{}, false, err
+			}
+			if ok {
+				return admin.Connection{ID: id, Node: owner, Channels: rec.Channels}, true, nil
+			}
 		}
-		rec, ok, err := records.Lookup(ctx, id)
-		if err != nil || !ok {
-			return admin.Connection{}, false, err
-		}
-		return admin.Connection{ID: id, Node: owner, Channels: rec.Channels}, true, nil
+		// Waiting to be restored, or restored on yet another node.
+		return sessions(ctx, id)
 	}
 }
 

@@ -62,7 +62,8 @@ func proxyConfig(cfg *config.Config) proxy.Config {
 		HealthPath:        cfg.Proxy.HealthPath,
 		ClientBodyTimeout: cfg.Proxy.ClientBodyTimeout,
 		MaxConnsPerClient: cfg.Proxy.ConnsPerClient(),
-		SensitiveParams:   []string{cfg.Auth.JWT.QueryParam},
+		// sid: an ActionCable ext session's secret (SPEC §10).
+		SensitiveParams: []string{cfg.Auth.JWT.QueryParam, "sid"},
 	}
 }
 
@@ -113,6 +114,8 @@ func upgradeConfig(cfg *config.Config, origins *auth.OriginPolicy) upgrade.Confi
 			PingInterval:       cfg.ActionCable.PingInterval,
 			TurboStreamsSecret: cfg.ActionCable.TurboStreamsSecret,
 			PublicStreams:      cfg.ActionCable.PublicStreams,
+			// The store itself is built in New (it needs the broker's client).
+			SessionTTL: cfg.ActionCable.SessionTTL,
 		},
 	}
 }

@@ -27,6 +27,15 @@ var lostClose = callback.Event{Type: callback.EventClose, Code: websocket.CloseA
 // again. A record that can never be posted is settled at once, so that it
 // is deleted rather than offered for ever.
 func (s *Sidecar) postLost(node string, rec registry.ConnRecord, stop <-chan struct{}, settled func()) bool {
+	if done, err := s.holdLost(node, rec); err != nil {
+		// Offered again on the next round.
+		s.log.Warn().Err(err).Str("lost_node", node).Msg("a lost connection's session could not be looked at; retrying")
+		return false
+	} else if done {
+		// Its close waits for a restore (session.go), or its session goes on elsewhere.
+		settled()
+		return true
+	}
 	if rec.NoClose {
 		// Recorded only to be found; the app wants no close event of it.
 		settled()

@@ -19,6 +19,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/cablecar/cablecar/proxy"
 	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/registry"
+	"github.com/cablecar/cablecar/session"
 	"github.com/cablecar/cablecar/upgrade"
 )
 
@@ -53,6 +55,11 @@ type Sidecar struct {
 	frontLn    net.Listener
 	admin      *admin.Server
 	adminLn    net.Listener // nil when admin.listen is ""
+	// sessions keeps ActionCable ext sessions (session.go); nil when
+	// restore is off.
+	sessions     session.Store
+	stopSessions context.CancelFunc
+	sessionsDone chan struct{}
 }
 
 // NewLogger builds the one logger every part gets. Format "auto" is console
@@ -102,6 +109,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	var (
 		inner   pubsub.Broker = pubsub.NewMemory().WithHistory(pc.redis.History)
 		records *registry.Registry
+		rdb     redis.UniversalClient
 	)
 	if cfg.Broker.URL != "" {
 		rb, err := pubsub.NewRedis(pc.redis, log, reg)
@@ -109,10 +117,13 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 			return nil, err
 		}
 		inner = rb
-		records = registry.New(rb.Client(), pc.registry, log, reg)
+		rdb = rb.Client()
+		records = registry.New(rdb, pc.registry, log, reg)
 		ucfg.Tracker = records
 		cb.OnCloseNumbered(records.End)
 	}
+	sessions := newSessions(cfg.ActionCable.SessionTTL, rdb, cfg.Broker.Prefix, node, log)
+	ucfg.ActionCable.Sessions = sessions
 	broker := pubsub.Metered(inner, reg)
 	cb.SetPublisher(broker) // replies to close events that had to wait
 	ws := upgrade.New(ucfg, log, reg, cb, broker, p.PrepareHeaders)
@@ -131,6 +142,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		cb:       cb,
 		broker:   broker,
 		registry: records,
+		sessions: sessions,
 		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
 		admin:    admin.New(log, prometheus.Gatherers{reg, runtimeReg}),
 	}
@@ -141,7 +153,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	}
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
-	s.admin.EnableLookup(connLookup(node, ws.Hub(), records))
+	s.admin.EnableLookup(connLookup(node, ws.Hub(), records, s.findSession))
 	s.admin.EnableStatus(statusSources(cfg, node, reg, ws.Hub(), inner, records))
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -187,6 +199,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		ev = ev.Str("admin", s.adminLn.Addr().String())
 	}
 	ev.Msg("cablecar ready")
+	s.runSessions()
 	if s.registry != nil {
 		rctx, stop := context.WithCancel(context.Background())
 		s.stopReaper, s.reaperDone = stop, make(chan struct{})
@@ -225,6 +238,7 @@ func (s *Sidecar) shutdown() error {
 		if err := s.ws.Shutdown(ctx); err != nil {
 			s.log.Warn().Int("open", s.ws.Hub().Count()).Msg("shutdown_timeout reached while closing WebSockets: cut the rest")
 		}
+		s.endSessions(ctx)
 		// With Redis, what cannot be delivered in time is handed to
 		// another node: that takes a few round trips, kept out of the
 		// time close events are given.
@@ -251,6 +265,7 @@ func (s *Sidecar) shutdown() error {
 			s.stopReaper()
 			<-s.reaperDone
 		}
+		s.stopSessionStore()
 	}()
 
 	err := s.front.ShutdownWithContext(ctx)

@@ -66,6 +66,9 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			"503 Service Unavailable: this server is shutting down; reconnect", log)
 		return
 	}
+	if s.acRestore(ctx, claims, log) { // session restore, without the app (session_accept.go)
+		return
+	}
 
 	id := s.hub.newID()
 	req := fasthttp.AcquireRequest()
@@ -79,7 +82,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	requestURI := s.appURI(ctx)
 	h.SetRequestURI(requestURI)
 	req.UseHostHeader = true
-	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Content-Length"} {
+	for _, name := range []string{"Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Content-Length", restoreHeader} {
 		h.Del(name)
 	}
 	if s.cfg.JWT != nil {
@@ -386,7 +389,7 @@ func (s *Server) unauthorized(ctx *fasthttp.RequestCtx, reason string, log *zero
 // appURI is the handshake's path and query as the app sees it: without
 // the token's query parameter, when JWT is configured.
 func (s *Server) appURI(ctx *fasthttp.RequestCtx) string {
-	uri := string(ctx.Request.Header.RequestURI())
+	uri := stripSID(string(ctx.Request.Header.RequestURI()))
 	if s.cfg.JWT == nil {
 		return uri
 	}

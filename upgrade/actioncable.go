@@ -10,6 +10,7 @@ import (
 
 	"github.com/cablecar/cablecar/actioncable"
 	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/session"
 )
 
 // ActionCable connections (SPEC §9): those whose accept chose
@@ -29,6 +30,10 @@ type ActionCableConfig struct {
 	PingInterval       time.Duration // the protocol's ping; 0 = 3s
 	TurboStreamsSecret string        // the Turbo fast lane's key; "" = off
 	PublicStreams      bool          // $pubsub public streams confirmed by Cablecar
+	// Sessions keeps ext sessions for restore (SPEC §10, session.go);
+	// nil = restore off (session_ttl 0). SessionTTL is session_ttl.
+	Sessions   session.Store
+	SessionTTL time.Duration
 }
 
 // acConn is an ActionCable connection's protocol state.
@@ -53,6 +58,8 @@ type acConn struct {
 	disc *acDisconnect
 
 	hist *acHist // ext connections' history (actioncable_history.go); nil on others
+	// sess is an ext connection's session (session.go); nil otherwise.
+	sess *acSession
 }
 
 type acSub struct {
@@ -77,6 +84,7 @@ func newACConn(p actioncable.Protocol) *acConn {
 // acMetrics count what ActionCable clients send that is not carried out.
 type acMetrics struct {
 	malformed *prometheus.CounterVec // reason
+	sessions  *prometheus.CounterVec // outcome (session.go)
 }
 
 func newACMetrics(reg prometheus.Registerer) *acMetrics {
@@ -84,7 +92,11 @@ func newACMetrics(reg prometheus.Registerer) *acMetrics {
 		Name: "cablecar_actioncable_malformed_commands_total",
 		Help: "ActionCable commands ignored, by reason (not_json, unknown_command, bad_identifier, bad_data, not_subscribed, already_subscribed…).",
 	}, []string{"reason"})}
-	reg.MustRegister(m.malformed)
+	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cablecar_actioncable_sessions_total",
+		Help: "ActionCable ext sessions (SPEC §10), by outcome: held (a close waits for a restore), restored, not_found (a sid that restores nothing), other_sub.",
+	}, []string{"outcome"})
+	reg.MustRegister(m.malformed, m.sessions)
 	return m
 }
 
@@ -160,6 +172,7 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 			return
 		}
 		c.acPush(callback.Event{Type: callback.EventPerform, Identifier: cmd.Identifier, Data: []byte(cmd.Data)})
+		return
 	case actioncable.Unsubscribe:
 		if !c.acSubscribed(cmd.Identifier) {
 			c.acMalformed(actioncable.NotSubscribed.String())
@@ -173,11 +186,14 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier, State: state, HasState: hasState})
 	case actioncable.History:
 		c.acHistoryCommand(cmd.Identifier, cmd.History)
+	case actioncable.Pong:
+		// Liveness only (SPEC §10): the read loop noted the frame.
+		return
 	default:
-		// The ext protocol's other commands (pong, presence) are not
-		// spoken yet.
 		c.acMalformed(actioncable.UnknownCommand.String())
+		return
 	}
+	c.acSessionChanged()
 }
 
 func (c *Conn) acMalformed(why string) {
@@ -208,6 +224,7 @@ func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
 	c.acAddSub(id)
 	c.acStream(id, v.Stream)
 	c.ac.opMu.Unlock()
+	c.acSessionChanged()
 	c.acSend(actioncable.AppendAck(nil, actioncable.ConfirmSubscription, id))
 	c.acConfirmed(id)
 }
@@ -470,6 +487,7 @@ func (c *Conn) acApply(r *callback.Reply) {
 		}
 		cancel()
 	}
+	c.acSessionChanged()
 	if cl := r.Close; cl != nil {
 		c.acSetDisconnect(cl.Reason, !cl.NoReconnect)
 		c.closeWith(cl.Code, cl.Reason, ByApp)
@@ -494,6 +512,10 @@ func (c *Conn) acSetDisconnect(reason string, reconnect bool) {
 // queue's bounds (it is the last frame). The caller holds c.mu.
 func (c *Conn) acDisconnectLocked(by string) {
 	d := c.ac.disc
+	if d == nil && c.acKeepsSession(by) {
+		// @anycable/web forgets its sid on a disconnect (SPEC §9).
+		return
+	}
 	if d == nil {
 		d = &acDisconnect{reason: by, reconnect: true}
 		switch by {

@@ -18,5 +18,5 @@ func (s *Server) acAccepted(c *Conn, acc *acceptance) {
 			Msg("Cablecar-Subscribe ignored on an ActionCable connection: streams belong to subscriptions")
 		acc.subscribe = nil
 	}
-	c.acSend(actioncable.AppendWelcome(nil, actioncable.Welcome{}))
+	c.acSend(actioncable.AppendWelcome(nil, s.acNewSession(c, p)))
 }

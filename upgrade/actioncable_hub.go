@@ -92,7 +92,7 @@ func (c *Conn) acPing(frame []byte) {
 // so that @rails/actioncable stops retrying. It reports whether it did;
 // if not, the caller refuses as usual.
 func (s *Server) acRefuse(ctx *fasthttp.RequestCtx, reason string, log *zerolog.Event) bool {
-	p, ok := actioncable.RefusalProtocol(headerValues(&ctx.Request.Header, "Sec-WebSocket-Protocol"), false)
+	p, ok := actioncable.RefusalProtocol(headerValues(&ctx.Request.Header, "Sec-WebSocket-Protocol"), true)
 	if !ok {
 		return false
 	}

@@ -159,6 +159,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	// The stream exists before the writer can run: Apply is only ever
 	// called through it, and teardown needs it.
 	c.stream = c.hub.cb.NewStream(c, c.id, c.eventsPath, c.eventHeaders)
+	c.acSessionStream() // session restore: numbering (session.go)
 	if t := cfg.Tracker; t != nil {
 		// Every connection is recorded, so any node can say where it is
 		// (GET /connections/<id>); only those whose close event the app
@@ -188,7 +189,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 	c.kickLocked()
 	c.mu.Unlock()
 
-	if c.events.has(eventOpen) {
+	if c.events.has(eventOpen) && !c.acRestored() {
 		c.stream.Push(callback.Event{Type: callback.EventOpen, Recovered: c.openRecovered()})
 	}
 	c.opened.Store(true)
@@ -223,6 +224,10 @@ func (c *Conn) teardown() {
 	c.mu.Lock()
 	fenced := c.fenced
 	c.mu.Unlock()
+	if c.acHold(end, code, fenced) {
+		// Its close waits for the session to lapse (session.go).
+		return
+	}
 	if fenced {
 		// Another node sent (or will send) this connection's close event,
 		// with by: node_lost; a second one would count it closed twice.
@@ -265,6 +270,7 @@ func (c *Conn) abandon() {
 	c.mu.Unlock()
 	c.hub.remove(c)
 	c.leaveAll()
+	c.acAbandoned() // session.go
 	c.log.Debug().Msg("accepted connection abandoned before its 101 was written")
 }
 

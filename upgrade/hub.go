@@ -124,8 +124,11 @@ func (h *Hub) add(c *Conn) bool {
 func (h *Hub) remove(c *Conn) {
 	s := h.shard(c.id)
 	s.mu.Lock()
-	_, ok := s.conns[c.id]
-	delete(s.conns, c.id)
+	// A restored session's connection may have taken the id already.
+	ok := s.conns[c.id] == c
+	if ok {
+		delete(s.conns, c.id)
+	}
 	s.mu.Unlock()
 	if ok {
 		h.ac.counted(c, -1)

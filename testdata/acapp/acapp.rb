@@ -5,7 +5,8 @@
 # @rails/actioncable clients. It only ever sees plain HTTP:
 #
 # - the accept GET (Cablecar-Upgrade: websocket): accepted choosing
-#   actioncable-v1-json when the client offered it; refused 403 when the
+#   actioncable-v1-ext-json, else actioncable-v1-json, when the client
+#   offered it (the request's X-AnyCable-Restore-Sid is recorded); refused 403 when the
 #   query has reject=1 or a cookie reject=1 is sent (reject=401 gives 401).
 #   Query: events=… (Cablecar-Events), state=… (Cablecar-State),
 #   subscribe=… (Cablecar-Subscribe, which Cablecar must ignore here).
@@ -30,6 +31,7 @@
 # Every accept and event is recorded per connection id and read back with
 #   GET /_events?conn=ID  {"accepts": […], "events": […]}
 #   GET /_conns           {"conns": [ids in the order first seen]}
+#   GET /_count           {"accepts", "event_requests", "events"}: totals
 # GET / answers "acapp" (Puma's readiness probe).
 
 require "json"
@@ -37,12 +39,14 @@ require "rack"
 
 class ACApp
   PROTOCOL = "actioncable-v1-json"
-  EXT_PROTOCOL = "actioncable-v1-ext-json" # AnyCable's extended protocol, chosen when offered
+  # AnyCable's extended protocol (@anycable/web), chosen when offered.
+  EXT_PROTOCOL = "actioncable-v1-ext-json"
   MAX_BODY = 1024 * 1024
 
   def initialize
     @lock = Mutex.new
     @log = {} # connection id → {"accepts" => […], "events" => […]}
+    @count = { "accepts" => 0, "event_requests" => 0, "events" => 0 }
   end
 
   def call(env)
@@ -54,6 +58,7 @@ class ACApp
     when "/" then text(200, "acapp")
     when "/_events" then json(200, @lock.synchronize { @log.fetch(req.params["conn"].to_s, { "accepts" => [], "events" => [] }) })
     when "/_conns" then json(200, "conns" => @lock.synchronize { @log.keys })
+    when "/_count" then json(200, @lock.synchronize { @count.dup })
     else text(404, "not found")
     end
   end
@@ -62,14 +67,16 @@ class ACApp
 
   def accept(req)
     id = req.get_header("HTTP_CABLECAR_CONNECTION_ID").to_s
+    @lock.synchronize { @count["accepts"] += 1 }
     offered = req.get_header("HTTP_SEC_WEBSOCKET_PROTOCOL").to_s.split(",").map(&:strip)
-    record(id, "accepts", "path" => req.fullpath, "protocols" => offered, "cookie" => req.cookies)
+    record(id, "accepts", "path" => req.fullpath, "protocols" => offered, "cookie" => req.cookies,
+                          "restore_sid" => req.get_header("HTTP_X_ANYCABLE_RESTORE_SID"))
 
     refusal = req.params["reject"] || req.cookies["reject"]
     return text(401, "unauthorized", "WWW-Authenticate" => "Bearer") if refusal == "401"
     return text(403, "forbidden") if refusal == "1"
-    chosen = offered.include?(EXT_PROTOCOL) ? EXT_PROTOCOL : PROTOCOL
-    return text(400, "speak #{PROTOCOL}") unless offered.include?(chosen)
+    chosen = [EXT_PROTOCOL, PROTOCOL].find { |p| offered.include?(p) }
+    return text(400, "speak #{PROTOCOL}") unless chosen
 
     headers = { "Cablecar-Accept" => "websocket", "Sec-WebSocket-Protocol" => chosen }
     { "events" => "Cablecar-Events", "state" => "Cablecar-State", "subscribe" => "Cablecar-Subscribe" }.each do |param, header|
@@ -82,6 +89,10 @@ class ACApp
     body = JSON.parse(req.body.read(MAX_BODY).to_s)
     conn = body.fetch("connection")
     reply = Hash.new { |h, k| h[k] = [] }
+    @lock.synchronize do
+      @count["event_requests"] += 1
+      @count["events"] += body.fetch("events").size
+    end
     body.fetch("events").each do |event|
       record(conn["id"], "events", event)
       handle(conn, event, reply)
