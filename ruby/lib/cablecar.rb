@@ -88,6 +88,15 @@ module Cablecar
       publisher.close(connection_id, code, reason)
     end
 
+    # Closes every connection subscribed to channel, on every node (what
+    # ActionCable's remote_connections…disconnect becomes: see
+    # ActionCable::SubscriptionAdapter::Cablecar). reconnect: false tells
+    # ActionCable clients not to come back.
+    def close_channel(channel, code: 1000, reason: "", reconnect: true)
+      code, reason = check_close!(code, reason)
+      publisher.close_channel(check_channel!(channel), code, reason, reconnect: reconnect ? true : false)
+    end
+
     # The publisher in use: the test kit's while a test runs in this
     # thread, else the configured one.
     def publisher

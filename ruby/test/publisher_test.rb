@@ -76,6 +76,18 @@ class PublisherTest < Minitest::Test
     assert_equal({ "connection" => "c_x", "code" => 4000, "reason" => "bye" }, reqs[4][:body])
   end
 
+  # SPEC §4's /close with "channel": what remote_connections…disconnect
+  # becomes through the cablecar adapter.
+  def test_admin_close_channel
+    pub = admin { |path, _| [200, { "closed_channel" => path }] }
+    assert pub.close_channel("action_cable/Z2lkOi8vYXBwL1VzZXIvMQ", 1000, "remote")
+    assert pub.close_channel("room:1", 4001, "banned", reconnect: false)
+    reqs = Array.new(2) { @admin.requests.pop }
+    assert_equal ["/close", "/close"], reqs.map { |r| r[:path] }
+    assert_equal({ "channel" => "action_cable/Z2lkOi8vYXBwL1VzZXIvMQ", "code" => 1000, "reason" => "remote", "reconnect" => true }, reqs[0][:body])
+    assert_equal({ "channel" => "room:1", "code" => 4001, "reason" => "banned", "reconnect" => false }, reqs[1][:body])
+  end
+
   def test_admin_errors
     pub = admin { |_, _| [400, { "error" => "channel \"a b\" is not valid" }] }
     err = assert_raises(Cablecar::Error) { pub.publish("x", "y") }
@@ -128,6 +140,26 @@ class PublisherTest < Minitest::Test
       # 4000 as a uvarint is A0 1F
       ["cc:~node:NoDe1234", "C1c\x00\x1a#{ID}\xa0\x1fbye".b]
     ], redis.published
+  end
+
+  # Kind 'k' (docs/scaling.md): on the channel's companion channel, no
+  # connection id, the code, the reason; flags bit 1 = do not reconnect.
+  # pubsub/envelope_test.go's TestGemChannelCloseEnvelope decodes these
+  # same bytes.
+  def test_redis_close_channel_envelope
+    redis = RecordingRedis.new
+    pub = Cablecar::RedisPublisher.new(redis: redis, prefix: "cc:")
+    assert pub.close_channel("action_cable/Z2lk", 1000, "remote")
+    assert pub.close_channel("room:1", 4000, "bye", reconnect: false)
+    assert_equal [
+      ["cc:~x:{cc:action_cable/Z2lk}", "C1k\x00\x00\xe8\x07remote".b],
+      ["cc:~x:{cc:room:1}", "C1k\x02\x00\xa0\x1fbye".b]
+    ], redis.published
+  end
+
+  def test_module_close_channel_checks_input
+    assert_raises(ArgumentError) { Cablecar.close_channel("a b") }
+    assert_raises(ArgumentError) { Cablecar.close_channel("room", code: 1001) }
   end
 
   # Text in another encoding goes out as UTF-8 on either path.

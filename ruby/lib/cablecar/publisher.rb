@@ -37,6 +37,12 @@ module Cablecar
       post("/close", { "connection" => connection_id.to_s, "code" => code, "reason" => reason }, missing_ok: true)
     end
 
+    # Closes every connection subscribed to channel, on every node (SPEC
+    # §4); reconnect: false tells ActionCable clients not to come back.
+    def close_channel(channel, code, reason, reconnect: true)
+      post("/close", { "channel" => channel, "code" => code, "reason" => reason, "reconnect" => reconnect })
+    end
+
     private
 
     # true on success; false for a connection no node holds (404) when
@@ -123,6 +129,17 @@ module Cablecar
     def close(connection_id, code, reason)
       node = node_of(connection_id)
       deliver("#{@prefix}~node:#{node}", envelope("c", false, connection_id, reason, code: code)).to_i.positive?
+    end
+
+    # The envelope's kind 'k' on the channel's companion channel, where a
+    # broadcast to it goes (so after the broadcasts published before it);
+    # flags bit 1 when the ActionCable client must not reconnect.
+    def close_channel(channel, code, reason, reconnect: true)
+      name = "#{@prefix}#{channel}"
+      env = envelope("k", false, "", reason, code: code)
+      env.setbyte(3, env.getbyte(3) | 2) unless reconnect
+      deliver("#{@prefix}~x:{#{name}}", env)
+      true
     end
 
     private

@@ -165,11 +165,12 @@ module Cablecar
     # Delivers broadcasts between the connections of one test, as the
     # in-memory broker does on one node.
     class Broker
-      attr_reader :published, :connections
+      attr_reader :published, :connections, :closed_channels
 
       def initialize
         @connections = []
         @published = []
+        @closed_channels = []
       end
 
       def publish(channel, data, except: nil)
@@ -197,6 +198,12 @@ module Cablecar
         c = @connections.find { |x| x.id == connection_id && x.open? }
         c&.closed_by_app(code, reason)
         !c.nil?
+      end
+
+      def close_channel(channel, code, reason, reconnect: true)
+        @closed_channels << { channel: channel, code: code, reason: reason, reconnect: reconnect }
+        @connections.each { |c| c.closed_by_app(code, reason) if c.open? && c.channels.include?(channel) }
+        true
       end
     end
 
