@@ -53,7 +53,7 @@ class ActionCableAdapterTest < Minitest::Test
 
   def setup
     skip "ActionCable is not installed (Debian: ruby-actioncable)" unless defined?(ActionCable::Server)
-    GlobalID.app = "test"
+    GlobalID.app ||= "test" # the app name other tests set stays theirs
     @server = ActionCable::Server::Base.new
     @server.config.cable = { "adapter" => "cablecar" }
     @server.config.logger = Logger.new(@log = StringIO.new)
