@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties ruby-rails ruby-sqlite3 puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo soak
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-go fmt vet clean demo demo-rails soak
 
 all: build
 
@@ -23,6 +23,11 @@ run: build
 ## demo: the chat example (examples/chat) on http://localhost:3000/; Ctrl-C stops it.
 demo: build
 	bash examples/chat/demo.sh
+
+## demo-rails: the Rails chat example (examples/rails_chat: ActionCable channels and Turbo
+## Streams, Debian's Rails 6.1) on http://localhost:3000/; Ctrl-C stops it.
+demo-rails: build
+	bash examples/rails_chat/demo.sh
 
 ## check: validate sidecar.yaml and print the effective configuration.
 check: build
