@@ -42,6 +42,7 @@ ruby-test: deps
 	cd ruby && ruby -w -Ilib -Itest -e 'Dir.glob("test/*_test.rb").sort.each { |f| require File.expand_path(f) }'
 	cd ruby && rspec -I lib --order defined spec
 	ruby -w testdata/acapp/acapp_test.rb
+	ruby -w -I ruby/lib examples/rails_chat/test/chat_channel_test.rb
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)
