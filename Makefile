@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/cablecar/cablecar/sidecar.Version=$(VERSION)
 TEST_PKGS  := redis-server ruby ruby-rack ruby-minitest ruby-rspec ruby-redis ruby-railties ruby-rails ruby-sqlite3 puma chromium
 BENCH_PKGS := nginx-light wrk
 
-.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-rails bench-peers bench-go fmt vet clean demo demo-presence soak
+.PHONY: all build run check test ruby-test unit e2e deps deps-bench jsdeps bench-proxy bench-ws bench-redis bench-ruby bench-rails bench-peers bench-go fmt vet clean demo demo-presence demo-rails soak
 
 all: build
 
@@ -36,6 +36,11 @@ demo: build
 demo-presence: build
 	bash examples/presence/demo.sh
 
+## demo-rails: the Rails chat example (examples/rails_chat: ActionCable channels and Turbo
+## Streams, Debian's Rails 6.1) on http://localhost:3000/; Ctrl-C stops it.
+demo-rails: build
+	bash examples/rails_chat/demo.sh
+
 ## check: validate sidecar.yaml and print the effective configuration.
 check: build
 	./$(BIN) -check -config sidecar.yaml
@@ -50,6 +55,7 @@ ruby-test: deps
 	cd ruby && rspec -I lib --order defined spec
 	ruby -w testdata/acapp/acapp_test.rb
 	ruby -w -I ruby/lib examples/presence/test/presence_test.rb
+	ruby -w -I ruby/lib examples/rails_chat/test/chat_channel_test.rb
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /e2e)

@@ -145,6 +145,16 @@ func StartCablecar(t testing.TB, opts CablecarOptions) *Cablecar {
 
 	cfg := harnessConfig(c.Addr, c.AdminAddr, opts.Upstream)
 	mergeConfig(cfg, opts.Config)
+	// A test that starts a node again on the ports of one it stopped
+	// names them in Config; the fields follow.
+	if addr, ok := cfg["listen"].(string); ok && addr != c.Addr {
+		c.Addr, c.URL = addr, "http://"+addr
+	}
+	if admin, ok := cfg["admin"].(map[string]any); ok {
+		if addr, ok := admin["listen"].(string); ok && addr != "" && addr != c.AdminAddr {
+			c.AdminAddr, c.AdminURL = addr, "http://"+addr
+		}
+	}
 	c.ConfigPath = WriteConfig(t, cfg)
 
 	cmd := exec.Command(bin, append([]string{"-config", c.ConfigPath}, opts.Args...)...)
