@@ -85,8 +85,15 @@ func TestCloseOutlivesOutage(t *testing.T) {
 	if closeReqs < failures-2 {
 		t.Errorf("the close event was sent %d times; the app failed %d", closeReqs, failures)
 	}
-	if got := c.metric(t, "cablecar_webhook_events_total"); got != 2 {
-		t.Errorf("events delivered %v", got)
+	// The open is delivered only when it rode with the close: sent alone
+	// first (the stream's goroutine may take it before the close is
+	// pushed, as on a loaded machine), it runs out of its retries.
+	wantDelivered := 1.0
+	if first := app.requests()[0].ids(); slices.Contains(first, "c_o:2") {
+		wantDelivered = 2
+	}
+	if got := c.metric(t, "cablecar_webhook_events_total"); got != wantDelivered {
+		t.Errorf("events delivered %v, want %v (first request %v)", got, wantDelivered, app.requests()[0].ids())
 	}
 	if got := c.metric(t, "cablecar_close_events_dropped_total"); got != 0 {
 		t.Errorf("close events dropped %v", got)
