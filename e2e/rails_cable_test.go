@@ -133,6 +133,20 @@ func TestRailsActionCable(t *testing.T) {
 	bob.CloseWith(gemWait, websocket.CloseNormalClosure, "")
 	waitRecord("unsubscribed bob lobby", "disconnect bob")
 
+	// remote_connections.where(current_user: carol).disconnect: the
+	// adapter closes the channel the runtime subscribed her connection to
+	// on open; alice's connection stays.
+	carol := dial("carol")
+	carol.expect(gemWait, map[string]any{"type": "welcome"})
+	carol.subscribe(lobby)
+	if code, body, err := get(web, c.URL+"/ban?name=carol", gemWait); err != nil || code != http.StatusOK {
+		t.Fatalf("GET /ban: %d %q %v", code, body, err)
+	}
+	carol.expect(gemWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": true})
+	carol.ExpectClose(gemWait)
+	alice.command("message", lobby, `{"action":"ping"}`)
+	alice.expect(gemWait, messageFrame(lobby, map[string]any{"pong": true}))
+
 	// connect ran once per connection, at the accept.
 	lines, _ := record()
 	for _, name := range []string{"alice", "bob"} {

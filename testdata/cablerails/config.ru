@@ -19,13 +19,14 @@
 #                       say(text) speaks, window.got has what came
 #   GET /_record        {"record": [what the cable code did, in order],
 #                        "finds": User.find calls}
+#   GET /ban?name=      remote_connections.where(current_user:).disconnect
 #
 # Channels:
 #   ChatChannel {room}  lobby or garden (else rejected); streams
 #                       chat_<room>; keeps room and a count of what was said
 #                       in state attributes. speak {text}: broadcasts
-#                       {user, text} to the room (Cablecar.publish: the
-#                       cable.yml adapter is not this app's business) and
+#                       {user, text} to the room (ActionCable.server.broadcast,
+#                       through the cable.yml adapter cablecar) and
 #                       transmits {said: n}; whoami: transmits
 #                       {name, room, said}; ping: transmits {pong: true}
 #                       without reading current_user (so no User.find).
@@ -72,7 +73,8 @@ class CableRails < Rails::Application
   config.session_store :cookie_store, key: "_cablerails_session"
   # Cablecar checks the Origin at its door (websocket.allowed_origins).
   config.action_cable.disable_request_forgery_protection = true
-  config.action_cable.cable = { "adapter" => "async" }
+  # Broadcasts and remote_connections' disconnect leave through Cablecar.
+  config.action_cable.cable = { "adapter" => "cablecar" }
 
   # The line that puts the app's ActionCable code behind Cablecar.
   config.middleware.use Cablecar::ActionCable::Middleware
@@ -82,6 +84,7 @@ class CableRails < Rails::Application
     get "/chat", to: "sessions#chat"
     get "/actioncable.js", to: "sessions#actioncable_js"
     get "/_record", to: "sessions#record"
+    get "/ban", to: "sessions#ban"
     get "/", to: "sessions#home"
   end
 end
@@ -133,6 +136,14 @@ class SessionsController < ActionController::Base
     render plain: "cablerails\n"
   end
 
+  # A user banned while connected: ActionCable's own way to drop their
+  # connections, which the cablecar adapter turns into a close by channel.
+  def ban
+    user = User.find_by_name(params.require(:name)) or return head(:not_found)
+    ActionCable.server.remote_connections.where(current_user: user).disconnect
+    render plain: "banned #{user.name}\n"
+  end
+
   private
 
   def sign_in
@@ -182,7 +193,7 @@ class ChatChannel < ApplicationCable::Channel
 
   def speak(data)
     self.said = said + 1
-    Cablecar.publish("chat_#{room}", { user: current_user.name, text: data["text"] }.to_json)
+    ActionCable.server.broadcast("chat_#{room}", { user: current_user.name, text: data["text"] })
     transmit({ said: said })
   end
 
