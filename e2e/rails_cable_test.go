@@ -144,6 +144,7 @@ func TestRailsActionCable(t *testing.T) {
 	}
 	carol.expect(gemWait, map[string]any{"type": "disconnect", "reason": "remote", "reconnect": true})
 	carol.ExpectClose(gemWait)
+	alice.subscribe(lobby) // she unsubscribed above; her connection is still up
 	alice.command("message", lobby, `{"action":"ping"}`)
 	alice.expect(gemWait, messageFrame(lobby, map[string]any{"pong": true}))
 
