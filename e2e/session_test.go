@@ -186,7 +186,7 @@ func testSessionSameNode(t *testing.T, e *acEnv) {
 	cl.id = s.cl.id
 	// Streams are back: a broadcast arrives without a subscribe.
 	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": "ChatChannel:" + s.room, "data": `{"n":2}`}, "")
-	cl.expect(wsWait, messageFrame(s.ident, map[string]any{"n": float64(2)}))
+	cl.expect(wsWait, extBroadcast(s.ident, "ChatChannel:"+s.room, map[string]any{"n": float64(2)}))
 	// So is the channel_state, and the numbering goes on.
 	cl.command("message", s.ident, `{"action":"echo","n":3}`)
 	cl.expect(wsWait, messageFrame(s.ident, map[string]any{"action": "echo", "n": float64(3)}))
@@ -304,7 +304,7 @@ func testSessionOtherSub(t *testing.T, e *acEnv) {
 	}
 	back.id = s.cl.id
 	MustAdminPost(t, e.c, "/publish", map[string]any{"channel": "ChatChannel:" + s.room, "data": `"x"`}, "")
-	back.expect(wsWait, messageFrame(s.ident, "x"))
+	back.expect(wsWait, extBroadcast(s.ident, "ChatChannel:"+s.room, "x"))
 }
 
 func testSessionSIDStripped(t *testing.T, e *acEnv) {
@@ -360,7 +360,7 @@ func TestSessionRestoreRedis(t *testing.T) {
 	}
 	cl.id = s.cl.id
 	MustAdminPost(t, a, "/publish", map[string]any{"channel": "ChatChannel:" + s.room, "data": `"via b"`}, "")
-	cl.expect(wsWait, messageFrame(s.ident, "via b"))
+	cl.expect(wsWait, extBroadcast(s.ident, "ChatChannel:"+s.room, "via b"))
 
 	// Node a is killed: one client comes back on b, one never does.
 	back := subscribedExt(t, a, p, "")
@@ -373,7 +373,7 @@ func TestSessionRestoreRedis(t *testing.T) {
 	}
 	cl2.id = back.cl.id
 	MustAdminPost(t, b, "/publish", map[string]any{"channel": "ChatChannel:" + back.room, "data": `"after kill"`}, "")
-	cl2.expect(wsWait, messageFrame(back.ident, "after kill"))
+	cl2.expect(wsWait, extBroadcast(back.ident, "ChatChannel:"+back.room, "after kill"))
 	cl2.command("message", back.ident, `{"action":"echo","n":1}`)
 	cl2.expect(wsWait, messageFrame(back.ident, map[string]any{"action": "echo", "n": float64(1)}))
 
@@ -438,7 +438,7 @@ func TestSessionRestoreAfterRestart(t *testing.T) {
 		}
 		cl.id = s.cl.id
 		MustAdminPost(t, b, "/publish", map[string]any{"channel": "ChatChannel:" + s.room, "data": `"back"`}, "")
-		cl.expect(wsWait, messageFrame(s.ident, "back"))
+		cl.expect(wsWait, extBroadcast(s.ident, "ChatChannel:"+s.room, "back"))
 	}
 	// Nothing is held any more, so nothing will be posted for them.
 	if v, err := r.Do("ZCARD", "cablecar:~{sess}:held"); err != nil || v != int64(0) {
@@ -474,4 +474,13 @@ func (cl *acClient) closeWithoutDisconnect() int {
 			cl.t.Fatalf("a restorable ext client got %s before its close", data)
 		}
 	}
+}
+
+// extBroadcast is a broadcast as an ext client gets it: with the stream it
+// came on (SPEC §10), and no epoch or offset when the channel keeps no
+// history.
+func extBroadcast(id, stream string, msg any) map[string]any {
+	f := messageFrame(id, msg)
+	f["stream_id"] = stream
+	return f
 }
