@@ -90,7 +90,7 @@ func BenchmarkWSDelivery(b *testing.B) {
 					// How long connections sit idle before the "after idle"
 					// reading: past 2 minutes the runtime has forced a
 					// collection and its scavenger returned what it frees.
-					args = append(args, "-idle", v)
+					args = append(args, "-idle", v, "-wait", "120s")
 				}
 				cmd := exec.Command(tool, append([]string{"-url", url, "-admin", c.AdminURL, "-n", strconv.Itoa(cell.conns),
 					"-msgs", strconv.Itoa(cell.msgs), "-interval", cell.interval, "-pid", strconv.Itoa(c.PID())}, args...)...)
