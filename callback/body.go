@@ -93,6 +93,7 @@ func appendEvent(dst []byte, connID string, q *queued, states map[string]string)
 		dst = jsontext.AppendString(dst, ev.By)
 	}
 	dst = appendActionCable(dst, ev, states)
+	dst = appendPresence(dst, ev)
 	return append(dst, '}')
 }
 

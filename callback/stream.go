@@ -33,6 +33,8 @@ type Event struct {
 	// ActionCable connections (SPEC §9; actioncable.go).
 	Identifier  string   // subscribe, perform, unsubscribe: the subscription
 	Identifiers []string // close only: the subscriptions still held; nil on other connections
+	// Presence is an ext join's or leave's proposal, JSON (SPEC §11).
+	Presence json.RawMessage
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken

@@ -6,6 +6,7 @@ import (
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/config"
+	"github.com/cablecar/cablecar/presence"
 	"github.com/cablecar/cablecar/proxy"
 	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/registry"
@@ -26,6 +27,9 @@ type parts struct {
 	// redis and registry are used only when broker.url is set.
 	redis    pubsub.RedisConfig
 	registry registry.Config
+	// presence is the presence section; presenceRedis its Redis store's.
+	presence      presenceConfig
+	presenceRedis presence.RedisConfig
 }
 
 func partConfigs(cfg *config.Config, node string) (parts, error) {
@@ -36,12 +40,14 @@ func partConfigs(cfg *config.Config, node string) (parts, error) {
 	ucfg := upgradeConfig(cfg, origins)
 	ucfg.Node = node
 	return parts{
-		proxy:    proxyConfig(cfg),
-		callback: callbackConfig(cfg),
-		upgrade:  ucfg,
-		jwt:      jwtConfig(cfg),
-		redis:    pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node},
-		registry: registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
+		proxy:         proxyConfig(cfg),
+		callback:      callbackConfig(cfg),
+		upgrade:       ucfg,
+		jwt:           jwtConfig(cfg),
+		redis:         pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node},
+		registry:      registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
+		presence:      presenceSection(cfg),
+		presenceRedis: presence.RedisConfig{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
 	}, nil
 }
 

@@ -25,8 +25,6 @@ var notInParts = map[string]string{
 	"history.size":             "not acted on yet (SPEC §10)",
 	"history.ttl":              "not acted on yet (SPEC §10)",
 	"history.channels":         "not acted on yet (SPEC §10)",
-	"presence.leave_delay":     "not acted on yet (SPEC §11)",
-	"presence.callback_path":   "not acted on yet (SPEC §11)",
 	"websocket.shutdown_grace": "not acted on yet (SPEC §5)",
 }
 

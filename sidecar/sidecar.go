@@ -53,6 +53,7 @@ type Sidecar struct {
 	frontLn    net.Listener
 	admin      *admin.Server
 	adminLn    net.Listener // nil when admin.listen is ""
+	presence   *presenceParts
 }
 
 // NewLogger builds the one logger every part gets. Format "auto" is console
@@ -98,9 +99,10 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	var (
 		inner   pubsub.Broker = pubsub.NewMemory()
 		records *registry.Registry
+		rb      *pubsub.Redis
 	)
 	if cfg.Broker.URL != "" {
-		rb, err := pubsub.NewRedis(pc.redis, log, reg)
+		rb, err = pubsub.NewRedis(pc.redis, log, reg)
 		if err != nil {
 			return nil, err
 		}
@@ -118,6 +120,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	if records != nil {
 		records.OnLapse(ws.Hub().Fence)
 	}
+	pres := newPresence(pc.presence, pc.presenceRedis, rb, ws.Hub(), broker, cb, log) // presence.go
 	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
 		cfg:      cfg,
@@ -127,6 +130,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		cb:       cb,
 		broker:   broker,
 		registry: records,
+		presence: pres,
 		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
 		admin:    admin.New(log, reg),
 	}
@@ -138,6 +142,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 	s.admin.EnableLookup(connLookup(node, ws.Hub(), records))
+	s.admin.EnablePresence(pres.read)
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
@@ -182,6 +187,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		ev = ev.Str("admin", s.adminLn.Addr().String())
 	}
 	ev.Msg("cablecar ready")
+	s.presence.run()
 	if s.registry != nil {
 		rctx, stop := context.WithCancel(context.Background())
 		s.stopReaper, s.reaperDone = stop, make(chan struct{})
@@ -256,6 +262,7 @@ func (s *Sidecar) shutdown() error {
 		s.log.Warn().Err(err).Msg("closing the front listener")
 	}
 	<-wsDone
+	s.presence.close()
 	s.proxy.Close()
 	if s.jwt != nil {
 		s.jwt.Close()

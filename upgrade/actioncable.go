@@ -85,8 +85,7 @@ func newACMetrics(reg prometheus.Registerer) *acMetrics {
 // acProtocol says whether an accept's chosen subprotocol makes the
 // connection an ActionCable one.
 func acProtocol(chosen string) (actioncable.Protocol, bool) {
-	// The ext protocol is spoken once history and restore are (§10).
-	return actioncable.ParseProtocol(chosen, false)
+	return actioncable.ParseProtocol(chosen, true)
 }
 
 // send queues a frame of this connection alone.
@@ -163,8 +162,11 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 		ac.opMu.Unlock()
 		c.acPush(callback.Event{Type: callback.EventUnsubscribe, Identifier: cmd.Identifier})
 	default:
-		// The ext protocol's commands (history, pong, presence) are for
-		// ext connections, which are not spoken yet.
+		if c.acPresenceCommand(cmd) { // actioncable_presence.go
+			return
+		}
+		// The ext protocol's other commands (history, pong) are the
+		// session's.
 		c.acMalformed(actioncable.UnknownCommand.String())
 	}
 }
@@ -445,6 +447,7 @@ func (c *Conn) acApply(r *callback.Reply) {
 	for _, f := range r.Send {
 		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
 	}
+	c.presenceApply(r.Presence)
 	if msgs := r.Messages(c.id); len(msgs) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
 		if err := c.hub.broker.Publish(ctx, msgs...); err != nil {

@@ -41,6 +41,7 @@ type Hub struct {
 
 	shards [shardCount]shard
 	ac     *hubAC // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
+	pres   *hubPresence // presence (presence.go); nil when off
 	chans  [chanShardCount]chanShard
 
 	// pending are the channels whose Subscribe failed (the broker was
@@ -124,6 +125,7 @@ func (h *Hub) remove(c *Conn) {
 	delete(s.conns, c.id)
 	s.mu.Unlock()
 	if ok {
+		h.presenceGone(c)
 		h.ac.counted(c, -1)
 		h.metrics.open.Dec()
 		h.live.Done()

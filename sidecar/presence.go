@@ -1,0 +1,137 @@
+package sidecar
+
+import (
+	"context"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/config"
+	"github.com/cablecar/cablecar/presence"
+	"github.com/cablecar/cablecar/pubsub"
+	"github.com/cablecar/cablecar/upgrade"
+)
+
+// presenceParts is the node's presence (SPEC §11): the tracker the hub
+// feeds, its store (Redis's beside the registry, else memory), and the
+// poster of presence.callback_path.
+type presenceParts struct {
+	log     zerolog.Logger
+	tracker *presence.Tracker
+	redis   *presence.Redis // nil with the in-memory broker
+	poster  *presence.Poster
+	hub     *upgrade.Hub
+	broker  pubsub.Broker
+	stop    context.CancelFunc
+	done    chan struct{}
+}
+
+// presenceConfig is what the presence section tells the parts.
+type presenceConfig struct {
+	leaveDelay   time.Duration
+	callbackPath string
+}
+
+func presenceSection(cfg *config.Config) presenceConfig {
+	return presenceConfig{leaveDelay: cfg.Presence.LeaveDelay, callbackPath: cfg.Presence.CallbackPath}
+}
+
+// newPresence builds the node's presence and hands it to the hub. rb is
+// the Redis broker, nil with the in-memory one.
+func newPresence(pc presenceConfig, rcfg presence.RedisConfig, rb *pubsub.Redis, hub *upgrade.Hub,
+	broker pubsub.Broker, cb *callback.Client, log zerolog.Logger) *presenceParts {
+	p := &presenceParts{log: log, hub: hub, broker: broker}
+	var store presence.Store = presence.NewMemory()
+	var outbox presence.Outbox
+	if rb != nil {
+		rcfg.Outbox = pc.callbackPath != ""
+		p.redis = presence.NewRedis(rb.Client(), rcfg, log)
+		store, outbox = p.redis, p.redis
+	}
+	if pc.callbackPath != "" {
+		path := pc.callbackPath
+		p.poster = presence.NewPoster(func(ctx context.Context, body []byte) (int, error) {
+			return cb.PostPresence(ctx, path, body)
+		}, outbox, log)
+	}
+	p.tracker = presence.NewTracker(presence.Config{
+		LeaveDelay: pc.leaveDelay,
+		Counts:     hub.Members,
+		Notify:     p.notify,
+	}, store, log)
+	hub.EnablePresence(p.tracker)
+	return p
+}
+
+// notify announces a join or leave to the subscribers and the app.
+func (p *presenceParts) notify(ev presence.Event) {
+	if !ev.Taken {
+		p.hub.PresenceNotify(ev)
+	}
+	if p.poster != nil {
+		p.poster.Add(ev)
+	}
+}
+
+// run starts the presence's goroutines; the bus is subscribed to until it
+// takes (the broker may be away at start).
+func (p *presenceParts) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop, p.done = cancel, make(chan struct{})
+	go p.tracker.Run()
+	if p.poster != nil {
+		go p.poster.Run()
+	}
+	go func() {
+		defer close(p.done)
+		p.subscribeBus(ctx)
+		if p.redis != nil {
+			p.redis.Run(ctx, p.tracker.RewriteAll, func(evs []presence.Event) {
+				for _, ev := range evs {
+					p.notify(ev)
+				}
+			})
+		}
+	}()
+}
+
+func (p *presenceParts) subscribeBus(ctx context.Context) {
+	wait := 100 * time.Millisecond
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := p.broker.Subscribe(sctx, upgrade.PresenceBus)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		p.log.Warn().Err(err).Msg("presence: subscribing to joins and leaves failed; retrying")
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// close stops the presence: what is not written or posted stays (in
+// Redis, for a survivor once this node's lease is gone).
+func (p *presenceParts) close() {
+	p.tracker.Close()
+	p.tracker.Wait()
+	if p.poster != nil {
+		p.poster.Close()
+	}
+	if p.stop != nil {
+		p.stop()
+		<-p.done
+	}
+}
+
+// read answers admin GET /presence.
+func (p *presenceParts) read(ctx context.Context, channel string) (any, error) {
+	return p.tracker.Read(ctx, channel)
+}
