@@ -40,7 +40,7 @@ type Hub struct {
 	seed    maphash.Seed
 
 	shards [shardCount]shard
-	ac     *hubAC // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
+	ac     *hubAC       // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
 	pres   *hubPresence // presence (presence.go); nil when off
 	chans  [chanShardCount]chanShard
 
