@@ -196,9 +196,6 @@ func (t *Tracker) Join(conn, channel, id string, info json.RawMessage) {
 	if h == nil {
 		h = &holding{}
 		t.held[k] = h
-		t.markLocked(k, false)
-	} else if !slices.Equal(h.info, info) {
-		t.markLocked(k, false)
 	}
 	h.info = info
 	h.conns++
@@ -206,8 +203,9 @@ func (t *Tracker) Join(conn, channel, id string, info json.RawMessage) {
 		// A drop's delay was running: the id never left.
 		h.timer.Stop()
 		h.timer = nil
-		t.markLocked(k, false)
 	}
+	t.markLocked(k, false) // its info or its count of connections changed
+
 }
 
 // Leave takes conn's presence in channel out at once (a reply's leave, an

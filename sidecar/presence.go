@@ -22,7 +22,6 @@ type presenceParts struct {
 	redis   *presence.Redis // nil with the in-memory broker
 	poster  *presence.Poster
 	hub     *upgrade.Hub
-	broker  pubsub.Broker
 	stop    context.CancelFunc
 	done    chan struct{}
 }
@@ -40,8 +39,8 @@ func presenceSection(cfg *config.Config) presenceConfig {
 // newPresence builds the node's presence and hands it to the hub. rb is
 // the Redis broker, nil with the in-memory one.
 func newPresence(pc presenceConfig, rcfg presence.RedisConfig, rb *pubsub.Redis, hub *upgrade.Hub,
-	broker pubsub.Broker, cb *callback.Client, log zerolog.Logger) *presenceParts {
-	p := &presenceParts{log: log, hub: hub, broker: broker}
+	cb *callback.Client, log zerolog.Logger) *presenceParts {
+	p := &presenceParts{log: log, hub: hub}
 	var store presence.Store = presence.NewMemory()
 	var outbox presence.Outbox
 	if rb != nil {
@@ -74,8 +73,7 @@ func (p *presenceParts) notify(ev presence.Event) {
 	}
 }
 
-// run starts the presence's goroutines; the bus is subscribed to until it
-// takes (the broker may be away at start).
+// run starts the presence's goroutines.
 func (p *presenceParts) run() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop, p.done = cancel, make(chan struct{})
@@ -85,7 +83,6 @@ func (p *presenceParts) run() {
 	}
 	go func() {
 		defer close(p.done)
-		p.subscribeBus(ctx)
 		if p.redis != nil {
 			p.redis.Run(ctx, p.tracker.RewriteAll, func(evs []presence.Event) {
 				for _, ev := range evs {
@@ -94,27 +91,6 @@ func (p *presenceParts) run() {
 			})
 		}
 	}()
-}
-
-func (p *presenceParts) subscribeBus(ctx context.Context) {
-	wait := 100 * time.Millisecond
-	for {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := p.broker.Subscribe(sctx, upgrade.PresenceBus)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		p.log.Warn().Err(err).Msg("presence: subscribing to joins and leaves failed; retrying")
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
 }
 
 // close stops the presence: what is not written or posted stays (in

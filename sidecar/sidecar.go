@@ -120,7 +120,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	if records != nil {
 		records.OnLapse(ws.Hub().Fence)
 	}
-	pres := newPresence(pc.presence, pc.presenceRedis, rb, ws.Hub(), broker, cb, log) // presence.go
+	pres := newPresence(pc.presence, pc.presenceRedis, rb, ws.Hub(), cb, log) // presence.go
 	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
 		cfg:      cfg,

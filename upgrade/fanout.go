@@ -34,7 +34,7 @@ func (h *Hub) Deliver(m pubsub.Message) {
 		h.closeChannel(m.Channel, m.Close)
 		return
 	}
-	if m.Channel == PresenceBus {
+	if m.Except == presenceMark { // presence.go
 		h.presenceDeliver(m)
 		return
 	}

@@ -19,16 +19,19 @@ import (
 // connection holds which (channel, id) — from the accept's
 // Cablecar-Presence, a reply's presence, an unsubscribe, the connection's
 // end — and how many connections each channel has here. The joins and
-// leaves the store decides are published on PresenceBus, which every node
-// subscribes to; each node hands them to its own subscribers of the
-// channel that asked (Cablecar-Presence-Events: on; ext ActionCable
-// subscriptions whose presence channel it is). An ext client's presence
-// commands are answered here (presence) or become events (join, leave).
+// leaves the store decides are published on their channel, marked (Except
+// is presenceMark), so they reach the nodes with subscribers of it and no
+// others; there each is handed to the subscribers that hear presence
+// (Cablecar-Presence-Events: on; ext ActionCable subscriptions whose
+// presence channel it is), never delivered as a broadcast. An ext
+// client's presence commands are answered here (presence) or become
+// events (join, leave).
 
-// PresenceBus is the broker channel joins and leaves travel on between
-// nodes. '~' is not allowed in a channel name: no client or app can
-// subscribe to it or publish on it through Cablecar.
-const PresenceBus = "~presence"
+// presenceMark, as a message's Except, makes it a join or leave rather
+// than a broadcast. No connection has this id ('~' is in none), and the
+// app's publications never carry an Except of its choosing (only
+// except_self, the replying connection's own id).
+const presenceMark = "~presence"
 
 // eventPresence: the raw connection asked for presence messages.
 const eventPresence eventSet = 1 << 6
@@ -168,7 +171,7 @@ func (h *Hub) presenceNotify(ev presence.Event) {
 	data := appendRawPresence(nil, &ev)
 	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.BrokerTimeout)
 	defer cancel()
-	if err := h.broker.Publish(ctx, pubsub.Message{Channel: PresenceBus, Data: data}); err != nil {
+	if err := h.broker.Publish(ctx, pubsub.Message{Channel: ev.Channel, Data: data, Except: presenceMark}); err != nil {
 		h.log.Warn().Err(err).Str("channel", ev.Channel).Msg("presence: announcing a join or leave failed")
 	}
 }
@@ -194,8 +197,8 @@ func appendRawPresence(dst []byte, ev *presence.Event) []byte {
 	return append(dst, '}')
 }
 
-// presenceDeliver hands a join or leave from PresenceBus to this node's
-// subscribers of its channel that hear presence.
+// presenceDeliver hands a join or leave published on its channel to this
+// node's subscribers of it that hear presence.
 func (h *Hub) presenceDeliver(m pubsub.Message) {
 	var ev struct {
 		Type    string          `json:"presence"`
