@@ -248,6 +248,25 @@ func (t *Tracker) Of(conn string) map[string]string {
 	return out
 }
 
+// Holdings is conn's presences with their info: channel → {id, info};
+// what a restored session joins again (Tracker.Join each).
+func (t *Tracker) Holdings(conn string) map[string]Member {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.byConn[conn]) == 0 {
+		return nil
+	}
+	out := make(map[string]Member, len(t.byConn[conn]))
+	for ch, id := range t.byConn[conn] {
+		m := Member{ID: id}
+		if h := t.held[key{ch, id}]; h != nil {
+			m.Info = h.info
+		}
+		out[ch] = m
+	}
+	return out
+}
+
 // Counted says this node's count of channel's connections changed.
 func (t *Tracker) Counted(channel string) {
 	if t.cfg.Counts == nil {

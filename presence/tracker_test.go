@@ -109,6 +109,9 @@ func TestTrackerRejoinOtherID(t *testing.T) {
 	if got := tr.Of("c1"); got["room"] != "u2" || len(got) != 1 {
 		t.Fatalf("Of = %v", got)
 	}
+	if got := tr.Holdings("c1"); got["room"].ID != "u2" || string(got["room"].Info) != "null" {
+		t.Fatalf("Holdings = %v", got)
+	}
 }
 
 func TestTrackerCounts(t *testing.T) {

@@ -71,9 +71,20 @@ func (h *Hub) presenceGone(c *Conn) {
 	}
 }
 
+// PresenceOf is what connection conn holds (channel → {id, info}), for a
+// session to keep and restore; nil when nothing or presence is off.
+func (h *Hub) PresenceOf(conn string) map[string]presence.Member {
+	if h.pres == nil {
+		return nil
+	}
+	return h.pres.t.Holdings(conn)
+}
+
 // PresenceRejoin gives connection conn the presences it held before (a
-// restored session, SPEC §10: channel → {id, info}); a presence it holds
-// already is left as it is.
+// restored session, SPEC §10/§11: channel → {id, info}, from PresenceOf
+// while the old connection lived); one it holds already is left as it is
+// (the client's re-sent join is then a no-op). Call it before the old
+// connection's drop has waited leave_delay and the id never leaves.
 func (h *Hub) PresenceRejoin(conn string, held map[string]presence.Member) {
 	if h.pres == nil {
 		return
