@@ -215,7 +215,7 @@ func (t *Tracker) Leave(conn, channel string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	id, ok := t.byConn[conn][channel]
-	if !ok {
+	if !ok || t.closed {
 		return
 	}
 	t.forgetLocked(conn, channel)
@@ -228,6 +228,9 @@ func (t *Tracker) Leave(conn, channel string) {
 func (t *Tracker) Drop(conn string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return // the node is going: its presence is left to its lease
+	}
 	for channel, id := range t.byConn[conn] {
 		t.releaseLocked(key{channel, id}, false)
 	}

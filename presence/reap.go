@@ -107,7 +107,13 @@ func (r *Redis) Run(ctx context.Context, onLost func(), posted func([]Event)) {
 			return
 		case <-t.C:
 		}
-		t.Reset(r.jitter())
+		next := r.jitter()
+		if len(r.lapsed) > 0 {
+			// A lapsed node is due leave_delay after it was seen: look
+			// then, not a round later.
+			next = min(next, max(r.delay/4, 50*time.Millisecond))
+		}
+		t.Reset(next)
 		own, err := r.look(ctx)
 		switch {
 		case err != nil:
@@ -176,8 +182,18 @@ func (r *Redis) reapRound(ctx context.Context) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
+	now := time.Now()
 	for i, n := range nodes {
 		if leases[i] == nil || leases[i].Val() != 0 {
+			delete(r.lapsed, n)
+			continue
+		}
+		since, ok := r.lapsed[n]
+		if !ok {
+			r.lapsed[n] = now
+			since = now
+		}
+		if now.Sub(since) < r.delay {
 			continue
 		}
 		won, err := r.rdb.SetNX(ctx, r.reaperKey(n), r.node, r.ttl).Result()
@@ -192,6 +208,7 @@ func (r *Redis) reapRound(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		delete(r.lapsed, n)
 	}
 	return nil
 }

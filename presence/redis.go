@@ -42,8 +42,12 @@ type Redis struct {
 	node   string
 	pfx    string
 	ttl    time.Duration
+	delay  time.Duration
 	outbox bool
 	log    zerolog.Logger
+	// lapsed is when each node's lease was first seen gone; Run's
+	// goroutine only.
+	lapsed map[string]time.Time
 
 	// onLost is called when this node's fields are gone from Redis (it
 	// restarted empty): the tracker writes them again.
@@ -73,6 +77,11 @@ type RedisConfig struct {
 	// Outbox keeps each join and leave in Redis until the app's presence
 	// callback took it (presence.callback_path is set).
 	Outbox bool
+	// LeaveDelay is presence.leave_delay: a lost node's presence is taken
+	// out this long after its lease was first seen lapsed, as its own
+	// drops would have been (a rolling restart's clients reconnect
+	// meanwhile, elsewhere, and no one leaves).
+	LeaveDelay time.Duration
 }
 
 // NewRedis builds the store over rdb (the broker's client).
@@ -80,8 +89,8 @@ func NewRedis(rdb redis.UniversalClient, cfg RedisConfig, log zerolog.Logger) *R
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = 15 * time.Second
 	}
-	return &Redis{rdb: rdb, node: cfg.Node, pfx: cfg.Prefix, ttl: cfg.LeaseTTL, outbox: cfg.Outbox,
-		log: log, mine: map[string]*mineIn{}}
+	return &Redis{rdb: rdb, node: cfg.Node, pfx: cfg.Prefix, ttl: cfg.LeaseTTL, delay: cfg.LeaveDelay,
+		outbox: cfg.Outbox, log: log, mine: map[string]*mineIn{}, lapsed: map[string]time.Time{}}
 }
 
 func (r *Redis) chanKey(channel string) string { return r.pfx + "~presence:{" + channel + "}" }

@@ -27,8 +27,14 @@ const testTTL = 600 * time.Millisecond
 
 func startNode(t *testing.T, rdb redis.UniversalClient, name string, delay time.Duration) *node {
 	t.Helper()
+	return startNodeWith(t, rdb, name, delay, 0)
+}
+
+// startNodeWith: reapDelay is the store's LeaveDelay (for lost nodes).
+func startNodeWith(t *testing.T, rdb redis.UniversalClient, name string, delay, reapDelay time.Duration) *node {
+	t.Helper()
 	n := &node{name: name, done: make(chan struct{})}
-	n.store = NewRedis(rdb, RedisConfig{Prefix: "t:", Node: name, LeaseTTL: testTTL, Outbox: true}, zerolog.Nop())
+	n.store = NewRedis(rdb, RedisConfig{Prefix: "t:", Node: name, LeaseTTL: testTTL, Outbox: true, LeaveDelay: reapDelay}, zerolog.Nop())
 	n.rec = &recorder{}
 	n.tr = NewTracker(Config{LeaveDelay: delay, Notify: n.rec.add}, n.store, zerolog.Nop())
 	go n.tr.Run()
@@ -119,6 +125,28 @@ func TestRedisLostNodeLeaves(t *testing.T) {
 		return rdb.Exists(context.Background(), "t:~{nodeA}:presence").Val() == 0 &&
 			!rdb.SIsMember(context.Background(), "t:~presence:nodes", "nodeA").Val()
 	})
+}
+
+// A lost node's ids leave leave_delay after its lease lapsed, as its own
+// drops would: a device that reconnects to another node meanwhile never
+// leaves (a rolling restart).
+func TestRedisLostNodeWaitsLeaveDelay(t *testing.T) {
+	rdb := testsupport.StartRedis(t).Client(t)
+	a := startNodeWith(t, rdb, "nodeA", time.Hour, time.Second)
+	b := startNodeWith(t, rdb, "nodeB", time.Hour, time.Second)
+	a.tr.Join("ca", "room", "dev", nil)
+	a.tr.Join("ca2", "room", "gone", nil)
+	a.rec.want(t, "join room dev", "join room gone")
+	a.kill()
+	b.tr.Join("cb", "room", "dev", nil) // reconnected to B
+	synced(t, b.tr)
+	b.rec.want(t, "leave room gone")
+	testsupport.Eventually(t, "node A reaped", 5*time.Second, func() bool {
+		return rdb.Exists(context.Background(), "t:~{nodeA}:presence").Val() == 0
+	})
+	if got := b.rec.list(); len(got) != 1 {
+		t.Fatalf("node B heard %q", got)
+	}
 }
 
 func TestRedisRestartRewritesQuietly(t *testing.T) {

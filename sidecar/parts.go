@@ -47,7 +47,7 @@ func partConfigs(cfg *config.Config, node string) (parts, error) {
 		redis:         pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node},
 		registry:      registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
 		presence:      presenceSection(cfg),
-		presenceRedis: presence.RedisConfig{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
+		presenceRedis: presence.RedisConfig{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL, LeaveDelay: cfg.Presence.LeaveDelay},
 	}, nil
 }
 
