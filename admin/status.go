@@ -74,9 +74,9 @@ type StatusSources struct {
 	// Nodes lists the nodes Redis knows of; nil without Redis (this node
 	// is then the only one).
 	Nodes func(ctx context.Context) ([]NodeStatus, error)
-	// Presence is the hook for presence counts (SPEC §11): the n channels
-	// with the most present users. Presence is not built yet: it is nil,
-	// and the page shows that presence is not in use.
+	// Presence is the presence counts (SPEC §11): the n channels with the
+	// most present ids; nil (or an empty answer) shows that presence is
+	// not in use.
 	Presence func(n int) []PresenceCount
 }
 

@@ -97,6 +97,7 @@ func appendEvent(dst []byte, connID string, q *queued, states map[string]string)
 		dst = append(dst, `,"recovered":`...)
 		dst = append(dst, ev.Recovered...)
 	}
+	dst = appendPresence(dst, ev)
 	return append(dst, '}')
 }
 

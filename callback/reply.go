@@ -58,12 +58,14 @@ type Reply struct {
 	// ActionCable is what a reply to an ActionCable connection may add
 	// (SPEC §9); nil when it adds nothing.
 	ActionCable *ACReply
+	// Presence joins and leaves (SPEC §11, presence.go); nil when none.
+	Presence *PresenceReply
 }
 
 // Empty reports whether the reply asks for nothing.
 func (r *Reply) Empty() bool {
 	return len(r.Send) == 0 && len(r.Subscribe) == 0 && len(r.Unsubscribe) == 0 &&
-		len(r.Publish) == 0 && r.State == nil && r.Close == nil && r.ActionCable == nil
+		len(r.Publish) == 0 && r.State == nil && r.Close == nil && r.ActionCable == nil && r.Presence == nil
 }
 
 // Messages is the reply's publish as broker messages. except is the
@@ -117,6 +119,7 @@ func ParseReply(contentType, body []byte) (*Reply, error) {
 		Publish     json.RawMessage `json:"publish"`
 		State       json.RawMessage `json:"state"`
 		Close       json.RawMessage `json:"close"`
+		Presence    json.RawMessage `json:"presence"`
 		acRaw
 	}
 	if err := json.Unmarshal(body, &raw); err != nil {
@@ -143,6 +146,9 @@ func ParseReply(contentType, body []byte) (*Reply, error) {
 		return nil, err
 	}
 	if r.ActionCable, err = parseActionCable(&raw.acRaw); err != nil {
+		return nil, err
+	}
+	if r.Presence, err = parsePresence(raw.Presence); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -44,6 +44,9 @@ type Event struct {
 	// Recovered is an open event's "recovered" object (SPEC §10), as JSON;
 	// nil → omitted.
 	Recovered []byte
+
+	// Presence is an ext join's or leave's proposal, JSON (SPEC §11).
+	Presence json.RawMessage
 }
 
 // ConnInfo is the "connection" object of the JSON body, a snapshot taken

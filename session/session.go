@@ -23,6 +23,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/cablecar/cablecar/presence"
 )
 
 // Session is what a restore gives back. Its JSON is the stored form.
@@ -42,6 +44,10 @@ type Session struct {
 	NoClose bool            `json:"noclose,omitempty"`
 	Subs    []Sub           `json:"subs,omitempty"` // in the order subscribed
 	Plain   []string        `json:"plain,omitempty"`
+	// Presence is what the connection held (channel → id and info), given
+	// back on restore (SPEC §10/§11: Cablecar re-joins, the client's
+	// re-sent join is then a no-op).
+	Presence map[string]presence.Member `json:"presence,omitempty"`
 	// Close is the close event waiting for the session to lapse; nil
 	// while the connection is open.
 	Close *Close `json:"close,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
 	"github.com/cablecar/cablecar/config"
+	"github.com/cablecar/cablecar/presence"
 	"github.com/cablecar/cablecar/proxy"
 	"github.com/cablecar/cablecar/pubsub"
 	"github.com/cablecar/cablecar/registry"
@@ -27,6 +28,9 @@ type parts struct {
 	// redis.History, which the memory broker is given too.
 	redis    pubsub.RedisConfig
 	registry registry.Config
+	// presence is the presence section; presenceRedis its Redis store's.
+	presence      presenceConfig
+	presenceRedis presence.RedisConfig
 }
 
 func partConfigs(cfg *config.Config, node string) (parts, error) {
@@ -45,7 +49,9 @@ func partConfigs(cfg *config.Config, node string) (parts, error) {
 		// broker takes it from here too.
 		redis: pubsub.RedisConfig{URL: cfg.Broker.URL, Prefix: cfg.Broker.Prefix, Node: node,
 			History: pubsub.HistoryConfig{Size: cfg.History.Size, TTL: cfg.History.TTL, Channels: cfg.History.Channels}},
-		registry: registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
+		registry:      registry.Config{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL},
+		presence:      presenceSection(cfg),
+		presenceRedis: presence.RedisConfig{Prefix: cfg.Broker.Prefix, Node: node, LeaseTTL: cfg.Broker.LeaseTTL, LeaveDelay: cfg.Presence.LeaveDelay},
 	}, nil
 }
 

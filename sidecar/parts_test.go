@@ -21,8 +21,6 @@ var notInParts = map[string]string{
 	"log.level":        "NewLogger",
 	"log.format":       "NewLogger",
 	// Read and validated, not acted on yet: session restore is SPEC §10.
-	"presence.leave_delay":   "not acted on yet (SPEC §11)",
-	"presence.callback_path": "not acted on yet (SPEC §11)",
 }
 
 // Every config key changes what some part is given, or is listed in

@@ -60,6 +60,7 @@ type Sidecar struct {
 	sessions     session.Store
 	stopSessions context.CancelFunc
 	sessionsDone chan struct{}
+	presence     *presenceParts
 }
 
 // NewLogger builds the one logger every part gets. Format "auto" is console
@@ -110,9 +111,10 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		inner   pubsub.Broker = pubsub.NewMemory().WithHistory(pc.redis.History)
 		records *registry.Registry
 		rdb     redis.UniversalClient
+		rb      *pubsub.Redis
 	)
 	if cfg.Broker.URL != "" {
-		rb, err := pubsub.NewRedis(pc.redis, log, reg)
+		rb, err = pubsub.NewRedis(pc.redis, log, reg)
 		if err != nil {
 			return nil, err
 		}
@@ -133,6 +135,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	if records != nil {
 		records.OnLapse(ws.Hub().Fence)
 	}
+	pres := newPresence(pc.presence, pc.presenceRedis, rb, ws.Hub(), cb, log) // presence.go
 	p.OnUpgrade = ws.ServeHTTP
 	s := &Sidecar{
 		cfg:      cfg,
@@ -143,6 +146,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		broker:   broker,
 		registry: records,
 		sessions: sessions,
+		presence: pres,
 		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
 		admin:    admin.New(log, prometheus.Gatherers{reg, runtimeReg}),
 	}
@@ -154,7 +158,8 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	s.jwt = jwt
 	s.admin.EnableAPI(broker, cfg.Admin.APIKey)
 	s.admin.EnableLookup(connLookup(node, ws.Hub(), records, s.findSession))
-	s.admin.EnableStatus(statusSources(cfg, node, reg, ws.Hub(), inner, records))
+	s.admin.EnableStatus(statusSources(cfg, node, reg, ws.Hub(), inner, records, pres))
+	s.admin.EnablePresence(pres.read)
 
 	if s.frontLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Listen, err)
@@ -200,6 +205,7 @@ func (s *Sidecar) Run(ctx context.Context) error {
 	}
 	ev.Msg("cablecar ready")
 	s.runSessions()
+	s.presence.run()
 	if s.registry != nil {
 		rctx, stop := context.WithCancel(context.Background())
 		s.stopReaper, s.reaperDone = stop, make(chan struct{})
@@ -276,6 +282,7 @@ func (s *Sidecar) shutdown() error {
 		s.log.Warn().Err(err).Msg("closing the front listener")
 	}
 	<-wsDone
+	s.presence.close()
 	s.proxy.Close()
 	if s.jwt != nil {
 		s.jwt.Close()

@@ -17,7 +17,7 @@ import (
 // that owns it. inner is the broker before metering; records is nil with
 // the in-memory broker.
 func statusSources(cfg *config.Config, node string, metrics prometheus.Gatherer, hub *upgrade.Hub, inner pubsub.Broker,
-	records *registry.Registry) admin.StatusSources {
+	records *registry.Registry, pres *presenceParts) admin.StatusSources {
 	src := admin.StatusSources{
 		Metrics:     metrics,
 		Node:        node,
@@ -33,9 +33,9 @@ func statusSources(cfg *config.Config, node string, metrics prometheus.Gatherer,
 			}
 			return out, total
 		},
-		// Presence (SPEC §11) is not built yet: when it is, its counts
-		// go here, and the page shows them.
-		Presence: nil,
+	}
+	if pres != nil {
+		src.Presence = pres.counts
 	}
 	if rb, ok := inner.(*pubsub.Redis); ok {
 		src.Broker = "redis"

@@ -178,6 +178,13 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 			"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
 		return
 	}
+	if err := s.presenceAccepted(c, &resp.Header); err != nil { // presence.go
+		c.abandon()
+		s.log.Error().Err(err).Str("conn_id", id).Msg("the app's accepting response is invalid")
+		s.refuse(ctx, fasthttp.StatusBadGateway, "invalid_accept",
+			"502 Bad Gateway: the app's accepting response was invalid", log.Err(err))
+		return
+	}
 	c.replay(acc.since) // what was missed, before any live message (history.go)
 
 	// fasthttp keeps Set-Cookie apart from other headers, one raw value

@@ -190,6 +190,9 @@ func (c *Conn) acRunCommand(data []byte, binary bool) {
 		// Liveness only (SPEC §10): the read loop noted the frame.
 		return
 	default:
+		if c.acPresenceCommand(cmd) { // actioncable_presence.go
+			return
+		}
 		c.acMalformed(actioncable.UnknownCommand.String())
 		return
 	}
@@ -480,6 +483,7 @@ func (c *Conn) acApply(r *callback.Reply) {
 	for _, f := range r.Send {
 		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
 	}
+	c.presenceApply(r.Presence)
 	if msgs := r.Messages(c.id); len(msgs) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
 		if err := c.hub.broker.Publish(ctx, msgs...); err != nil {

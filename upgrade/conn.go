@@ -213,6 +213,7 @@ func (c *Conn) teardown() {
 	c.mu.Unlock()
 	c.writers.Wait()
 
+	c.acKeepPresence() // before remove drops it (session.go)
 	c.hub.remove(c)
 	c.leaveAll()
 	c.hub.metrics.closes.WithLabelValues(end.by).Inc()
@@ -303,6 +304,7 @@ func (c *Conn) Apply(r *callback.Reply) {
 	for _, f := range r.Send {
 		c.enqueue(outgoing{data: f.Data, binary: f.Binary, size: len(f.Data)})
 	}
+	c.presenceApply(r.Presence)
 	if msgs := r.Messages(c.id); len(msgs) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), c.hub.cfg.BrokerTimeout)
 		if err := c.hub.broker.Publish(ctx, msgs...); err != nil {

@@ -34,6 +34,10 @@ func (h *Hub) Deliver(m pubsub.Message) {
 		h.closeChannel(m.Channel, m.Close)
 		return
 	}
+	if m.Except == presenceMark { // presence.go
+		h.presenceDeliver(m)
+		return
+	}
 	s := h.chanShard(m.Channel)
 	sp := targetSlices.Get().(*[]*Conn)
 	s.mu.RLock()

@@ -40,7 +40,8 @@ type Hub struct {
 	seed    maphash.Seed
 
 	shards [shardCount]shard
-	ac     *hubAC // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
+	ac     *hubAC       // ActionCable (actioncable_hub.go); nil in tests that build a bare hub
+	pres   *hubPresence // presence (presence.go); nil when off
 	// histLive counts connections with a history side (history.go), so
 	// that a node without any spends nothing on them per broadcast.
 	histLive atomic.Int64
@@ -131,6 +132,7 @@ func (h *Hub) remove(c *Conn) {
 	}
 	s.mu.Unlock()
 	if ok {
+		h.presenceGone(c)
 		h.ac.counted(c, -1)
 		h.histCounted(c, -1)
 		h.metrics.open.Dec()

@@ -348,14 +348,18 @@ func (h *Hub) join(ctx context.Context, c *Conn, channels []string) error {
 			ch = &channel{name: name}
 			s.chans[name] = ch
 		}
+		added := ch.add(c)
 		switch {
-		case !ch.add(c):
+		case !added:
 		case ch.pending && !ch.busy:
 			stale = append(stale, ch)
 		case ch.state != brokerIn || ch.busy:
 			need(s, ch)
 		}
 		s.mu.Unlock()
+		if added {
+			h.presenceCounted(name)
+		}
 	}
 	// A pending channel waits for the retry while the broker is away; but
 	// if it is back before the retry noticed, this join subscribes now.
@@ -421,10 +425,15 @@ func (h *Hub) leave(c *Conn, channels []string) {
 	for _, name := range channels {
 		s := h.chanShard(name)
 		s.mu.Lock()
+		removed := false
 		if ch := s.chans[name]; ch != nil && ch.remove(c) {
 			ops.add(s.settleLocked(ch), ch)
+			removed = true
 		}
 		s.mu.Unlock()
+		if removed {
+			h.presenceCounted(name)
+		}
 	}
 	h.drain(ops)
 }
@@ -451,6 +460,7 @@ func (c *Conn) unsubscribe(channels ...string) {
 	}
 	c.mu.Unlock()
 	c.hub.leave(c, left)
+	c.presenceUnsubscribed(left)
 }
 
 // leaveAll takes c out of every channel, at its end: the caller has set

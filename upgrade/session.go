@@ -11,6 +11,7 @@ import (
 	"github.com/cablecar/cablecar/actioncable"
 	"github.com/cablecar/cablecar/auth"
 	"github.com/cablecar/cablecar/callback"
+	"github.com/cablecar/cablecar/presence"
 	"github.com/cablecar/cablecar/session"
 )
 
@@ -45,6 +46,10 @@ type acSession struct {
 	// superseded: a restore on this node took the session while this
 	// connection was still open; it ends without a close of its own.
 	superseded atomic.Bool
+	// presence is what the connection held when it ended, taken before
+	// the hub dropped it (which starts its leave_delay), for the held
+	// session; nil while it lives (read live from the hub).
+	presence map[string]presence.Member
 }
 
 // acNewSession gives a new ext connection its sid and, with restore on,
@@ -119,7 +124,18 @@ func (c *Conn) acSnapshot() *session.Session {
 	}
 	ac.mu.RUnlock()
 	slices.Sort(s.Plain)
+	if s.Presence = ss.presence; s.Presence == nil {
+		s.Presence = c.hub.PresenceOf(c.id)
+	}
 	return s
+}
+
+// acKeepPresence notes what an ext connection holds, before the hub drops
+// it, so that its held session can give it back on restore.
+func (c *Conn) acKeepPresence() {
+	if c.ac != nil && c.ac.sess != nil {
+		c.ac.sess.presence = c.hub.PresenceOf(c.id)
+	}
 }
 
 // restorable says whether a connection that ended for by can still be

@@ -117,6 +117,9 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 			"503 Service Unavailable: broadcasts are unavailable; try again", log.Err(err))
 		return true
 	}
+	// Its presences come back with it, before the old connection's drop
+	// has waited leave_delay: the id never leaves (SPEC §10, §11).
+	s.hub.PresenceRejoin(c.id, sess.Presence)
 	ctx.Response.Header.Set("Sec-WebSocket-Protocol", actioncable.ExtName)
 	if err := s.upgrader.Upgrade(ctx, c.run); err != nil {
 		c.abandon()

@@ -7,6 +7,7 @@ require_relative "cablecar/handler"
 require_relative "cablecar/middleware"
 require_relative "cablecar/publisher"
 require_relative "cablecar/count"
+require_relative "cablecar/presence"
 
 # Cablecar gives a Rack app WebSockets through the Cablecar sidecar: see
 # Cablecar::Middleware for serving connections, and Cablecar.publish,

@@ -35,6 +35,12 @@
 #     status=2xx     the accepting status (default 200)
 #     on_open=CMD, on_close=CMD  answer the open / close event as a message CMD
 #     on_shutdown=CMD            answer the shutdown event (SPEC §5) the same way
+#     presence=JSON  Cablecar-Presence             presence_events=on  Cablecar-Presence-Events
+#
+# The presence callback (SPEC §11; presence.callback_path /ws/_presence?fail=N):
+#
+#   POST /ws/_presence[?fail=N]  records the events; 500 the first N times an event id arrives
+#   GET  /ws/_presence           {"posts": [{"events", "signature"}...], "attempts": {event id => POSTs}}
 #
 # Message commands (one per text message; several in one batch combine):
 #
@@ -50,6 +56,8 @@
 #   retryafter:S  429 with Retry-After: S the first time this event id
 #                 arrives, then 204
 #   status:CODE   that status, a text body     slow:SECS  sleep, then 204
+#   join:CH:ID    {"presence": {"join": [{"channel": CH, "id": ID, "info": {"via": "reply"}}]}}
+#   leave:CH      {"presence": {"leave": [CH]}}
 #   nothing, anything else: 204
 #
 # A binary message is echoed back as binary.
@@ -85,12 +93,15 @@ module CablecarTestApp
       @tags = Hash.new { |h, k| h[k] = [] }
       @attempts = Hash.new(0) # event id => POSTs that carried it
       @failed_once = {}
+      @presence_posts = []
+      @presence_attempts = Hash.new(0)
     end
 
     def call(env, path, query)
       case path
       when "/ws/_log" then log(query["conn"].to_s)
       when "/ws/_conns" then conns(query["tag"])
+      when "/ws/_presence" then presence_callback(env, query)
       else
         case env["REQUEST_METHOD"]
         when "GET" then accept(env, path, query)
@@ -144,7 +155,8 @@ module CablecarTestApp
       {
         "subscribe" => "cablecar-subscribe", "state" => "cablecar-state",
         "events" => "cablecar-events", "events_path" => "cablecar-events-path",
-        "protocol" => "sec-websocket-protocol", "envelope" => "cablecar-envelope"
+        "protocol" => "sec-websocket-protocol", "envelope" => "cablecar-envelope",
+        "presence" => "cablecar-presence", "presence_events" => "cablecar-presence-events"
       }.each do |param, header|
         headers[header] = query[param] if query.key?(param)
       end
@@ -243,6 +255,10 @@ module CablecarTestApp
         end
       when "status" then r.status(arg.to_i) if (200..599).cover?(arg.to_i)
       when "slow" then r.sleep += arg.to_f
+      when "join"
+        channel, _, pid = arg.rpartition(":")
+        (r.json["presence"] ||= {})["join"] = [{ "channel" => channel, "id" => pid, "info" => { "via" => "reply" } }]
+      when "leave" then (r.json["presence"] ||= {})["leave"] = [arg]
       end
     end
 
@@ -281,6 +297,31 @@ module CablecarTestApp
 
         app.send(:json, 200, value)
       end
+    end
+
+    # --- the presence callback ----------------------------------------------
+
+    def presence_callback(env, query)
+      if env["REQUEST_METHOD"] == "GET"
+        return @mutex.synchronize { json(200, { "posts" => @presence_posts, "attempts" => @presence_attempts }) }
+      end
+
+      raw = read_body(env["rack.input"])
+      evs = begin
+        JSON.parse(raw)["events"]
+      rescue JSON::ParserError, NoMethodError
+        nil
+      end
+      return text(400, "not a presence callback\n") unless evs.is_a?(Array)
+
+      fail = @mutex.synchronize do
+        evs.each { |ev| @presence_attempts[ev["id"].to_s] += 1 }
+        worst = evs.map { |ev| @presence_attempts[ev["id"].to_s] }.min
+        failing = worst <= query.fetch("fail", "0").to_i
+        @presence_posts << { "events" => evs, "signature" => env["HTTP_CABLECAR_SIGNATURE"].to_s, "raw" => raw, "failed" => failing }
+        failing
+      end
+      fail ? text(500, "failing as asked\n") : [204, {}, []]
     end
 
     # --- what tests read --------------------------------------------------
