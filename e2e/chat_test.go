@@ -86,6 +86,9 @@ type chatter struct {
 	t    testing.TB
 	nick string
 	ws   *WSClient
+	// pos is the position ("<epoch>:<offset>") of the last broadcast read,
+	// when the channel keeps history.
+	pos string
 }
 
 // join connects nick (path-escaped here) to room on c and reads what a
@@ -122,12 +125,25 @@ func pathEscape(s string) string {
 	return b.String()
 }
 
-// next reads the next message, which must be JSON.
+// next reads the next message, which must be JSON: what the app wrote, or
+// a broadcast in Cablecar's envelope (the app asks for it), unwrapped.
 func (ch *chatter) next() chatMsg {
 	ch.t.Helper()
 	kind, data, err := ch.ws.Read(chatWait)
 	if err != nil {
 		ch.t.Fatalf("%s: reading the next message: %v", ch.nick, err)
+	}
+	var env struct {
+		Channel *string `json:"channel"`
+		Epoch   string  `json:"epoch"`
+		Offset  int64   `json:"offset"`
+		Data    string  `json:"data"`
+	}
+	if kind == TextMessage && json.Unmarshal(data, &env) == nil && env.Channel != nil {
+		data = []byte(env.Data)
+		if env.Epoch != "" {
+			ch.pos = fmt.Sprintf("%s:%d", env.Epoch, env.Offset)
+		}
 	}
 	var m chatMsg
 	if kind != TextMessage || json.Unmarshal(data, &m) != nil {

@@ -49,6 +49,10 @@ func TestMakeDemo(t *testing.T) {
 	ch, _ := join(t, &Cablecar{URL: "http://127.0.0.1:3000"}, "lobby", "demo-test", 1)
 	ch.say("hello from the demo test")
 	ch.expectSaid("demo-test", "hello from the demo test")
+	// The rooms keep history, so the page can resume after a drop.
+	if ch.pos == "" {
+		t.Errorf("the demo's broadcasts carry no position: history is off for the chat rooms")
+	}
 
 	p.signalGroup(syscall.SIGINT)
 	if !p.wait(30 * time.Second) {

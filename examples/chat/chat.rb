@@ -3,10 +3,15 @@
 # A chat room on Cablecar: plain Rack and the cablecar gem, nothing else.
 #
 # It is the "ugly chatroom" of the rack.upgrade story made a little less
-# ugly: the nickname (and the room) come from the WebSocket's path, what a
-# client writes goes back to itself with client.write and to everyone else
-# in the room with client.publish(..., except_self: true), so each person
-# sees each message exactly once.
+# ugly: the nickname (and the room) come from the WebSocket's path, and
+# what a client writes is published to everyone in the room, itself
+# included, so each person sees each message exactly once, numbered.
+#
+# Nothing is lost on a reconnect: broadcasts arrive in Cablecar's envelope
+# with their position in the room's history, the page keeps the last one,
+# and its reconnect asks to resume from it (?since=E:O). Cablecar replays
+# what the page missed, each message once, in order; when its history no
+# longer reaches back, the app sends the page a fresh snapshot instead.
 #
 # Cablecar owns the sockets. This app only ever sees plain HTTP: an accept
 # GET and then one POST per batch of events, each handled by a handler
@@ -28,6 +33,7 @@ module Chat
   MAX_ROOMS = 1_000     # rooms remembered; the least recently used empty one goes first
   MAX_NICKS = 50        # names listed with the online count
   ROOM = /\A[A-Za-z0-9_-]+\z/
+  POSITION = /\A[A-Za-z0-9_-]{1,32}:[0-9]{1,19}\z/ # "<epoch>:<offset>" (SPEC §10)
 
   # Percent-decodes one path segment into a UTF-8 string, or nil if the
   # result is not valid UTF-8. ("+" stays "+": this is a path, not a form.)
@@ -59,6 +65,16 @@ module Chat
 
   def self.channel(room)
     "chat:#{room}"
+  end
+
+  # The position a reconnecting page resumes from: ?since=<epoch>:<offset>,
+  # or nil (a first connect, or a value that is not a position).
+  def self.since(query)
+    query.to_s.split("&").each do |pair|
+      key, value = pair.split("=", 2)
+      return value if key == "since" && POSITION.match?(value.to_s)
+    end
+    nil
   end
 
   def self.now
@@ -133,10 +149,18 @@ module Chat
       @channel = Chat.channel(room)
     end
 
+    # The accept subscribed the connection already (see App#chat). A page
+    # that resumed and was "recovered" got what it missed from Cablecar;
+    # any other gets the room's last messages, told whether it had asked to
+    # resume (then messages may be missing from what it showed: it starts
+    # over from this snapshot).
     def on_open(client)
-      client.subscribe(@channel)
+      recovered = client.event.fetch("recovered", {})
       history, presence = @rooms.join(@room, client.id, @nick)
-      client.write(JSON.generate({ type: "history", room: @room, messages: history }))
+      unless recovered[@channel]
+        client.write(JSON.generate({ type: "history", room: @room, messages: history,
+                                     resumed: recovered.key?(@channel) }))
+      end
       client.publish(@channel, JSON.generate({ type: "join", nick: @nick, at: Chat.now }))
       client.publish(@channel, count(presence))
     end
@@ -152,9 +176,9 @@ module Chat
 
       message = { type: "message", nick: @nick, text: data, at: Chat.now }
       @rooms.add(@room, message)
-      json = JSON.generate(message)
-      client.write(json)                                   # to the sender itself…
-      client.publish(@channel, json, except_self: true)    # …and to everyone else
+      # To everyone, the sender too: its copy then has a position like the
+      # others', so a resume neither skips nor repeats it.
+      client.publish(@channel, JSON.generate(message))
     end
 
     def on_close(client)
@@ -213,7 +237,12 @@ module Chat
       return text(400, "#{problem}\n") if problem
 
       env["rack.upgrade"] = Handler.new(@rooms, room, nick)
-      [200, {}, []]
+      # Broadcasts in Cablecar's envelope, which carries each one's position;
+      # the room joined before the socket opens, resuming where the page
+      # stopped when it says so.
+      since = Chat.since(env["QUERY_STRING"])
+      subscribe = since ? "#{Chat.channel(room)}; since=#{since}" : Chat.channel(room)
+      [200, { "cablecar-envelope" => "json", "cablecar-subscribe" => subscribe }, []]
     end
 
     def text(status, body, headers = {})

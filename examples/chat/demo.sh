@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the chat example on this machine. Puma runs the app on
 # 127.0.0.1:3001, Cablecar listens on :3000 in front of it (sidecar.yaml,
-# in-memory broker), both sharing a callback secret made up for this run.
+# in-memory broker, history on for the chat rooms), both sharing a callback
+# secret made up for this run.
 # Ctrl-C stops both: Cablecar first, so the app still hears every close.
 set -euo pipefail
 
@@ -57,7 +58,9 @@ export RUBYLIB="$root/ruby/lib${RUBYLIB:+:$RUBYLIB}"
 set -m
 "$puma" --no-config -e development -t 2:16 -b "tcp://127.0.0.1:$APP_PORT" examples/chat/config.ru &
 puma_pid=$!
-"$cablecar" -config sidecar.yaml &
+# The rooms keep their last 500 messages in Cablecar, so a page that lost
+# its connection resumes without a gap (README: "Nothing lost on reconnect").
+CABLECAR_HISTORY_SIZE=500 CABLECAR_HISTORY_CHANNELS='chat:*' "$cablecar" -config sidecar.yaml &
 cablecar_pid=$!
 set +m
 

@@ -1,5 +1,6 @@
-// The chat page: the browser's own WebSocket, reconnecting with backoff.
-// User text only ever reaches the page through textContent.
+// The chat page: the browser's own WebSocket, reconnecting with backoff and
+// resuming where it stopped. User text only ever reaches the page through
+// textContent.
 "use strict";
 
 (() => {
@@ -13,6 +14,7 @@
   let room = "";
   let nick = "";
   let ws = null;        // the current socket, if any
+  let position = "";    // "<epoch>:<offset>" of the last broadcast shown, to resume from
   let wanted = false;   // joined, and not left: keep reconnecting
   let attempt = 0;      // failed connections since the last open
   let retryTimer = null;
@@ -34,7 +36,10 @@
     clearTimers();
     setState("connecting");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = `${scheme}//${location.host}/chat/${encodeURIComponent(room)}/${encodeURIComponent(nick)}`;
+    // Back after a drop, it asks to resume: Cablecar first sends what the
+    // room said meanwhile, each message once, in order.
+    const since = position ? `?since=${position}` : "";
+    const url = `${scheme}//${location.host}/chat/${encodeURIComponent(room)}/${encodeURIComponent(nick)}${since}`;
     const sock = new WebSocket(url);
     ws = sock;
     sock.onopen = () => {
@@ -74,13 +79,22 @@
     let msg;
     try {
       msg = JSON.parse(raw);
+      // A broadcast comes in Cablecar's envelope, with its position in the
+      // room's history: {"channel", "epoch", "offset", "data"}.
+      if (msg.channel !== undefined && typeof msg.data === "string") {
+        if (msg.epoch !== undefined) position = `${msg.epoch}:${msg.offset}`;
+        msg = JSON.parse(msg.data);
+      }
     } catch {
       msg = { type: "error", text: String(raw) };
     }
     switch (msg.type) {
-      case "history": // sent on every (re)connect: it replaces the list
+      case "history": // on a first connect, or when a resume could not be: it replaces the list
         list.replaceChildren();
         for (const m of msg.messages) show(m);
+        if (msg.resumed) {
+          show({ type: "notice", text: "Reconnected too late to catch up: these are the room's latest messages." });
+        }
         break;
       case "count":
         $("count").textContent = String(msg.online);
@@ -142,6 +156,7 @@
     $("room-title").textContent = `#${room} as ${nick}`;
     list.replaceChildren();
     $("who").textContent = "";
+    position = ""; // a fresh list: nothing to resume
     wanted = true;
     attempt = 0;
     connect();

@@ -34,7 +34,8 @@ class ChatTest < Minitest::Test
     alice = connect "/chat/lobby/alice"
     assert_accepted
     assert_subscribed "chat:lobby"
-    assert_equal [{ "type" => "history", "room" => "lobby", "messages" => [] }], received(alice, "history")
+    assert_equal [{ "type" => "history", "room" => "lobby", "messages" => [], "resumed" => false }],
+                 received(alice, "history")
 
     bob = connect "/chat/lobby/b%C3%B6b"
     assert_equal(%w[alice böb], received(alice, "join").map { |m| m["nick"] })
@@ -58,6 +59,49 @@ class ChatTest < Minitest::Test
 
     dave = connect "/chat/lobby/dave"
     assert_equal(["hi <b>all</b>"], received(dave, "history")[0]["messages"].map { |m| m["text"] })
+  end
+
+  # The page reconnects with ?since= its last position: it gets what it
+  # missed, once, in order, and no snapshot on top.
+  def test_a_page_that_resumes_gets_what_it_missed_and_no_snapshot
+    alice = connect "/chat/lobby/alice"
+    bob = connect "/chat/lobby/bob"
+    alice.send_message "before"
+    position = Cablecar.publish("chat:lobby", JSON.generate({ type: "message", nick: "news", text: "seen" }))
+    alice.disconnect(1006)
+    bob.send_message "while away 1"
+    bob.send_message "while away 2"
+
+    back = connect "/chat/lobby/alice?since=#{position}"
+    assert_accepted
+    assert_subscribed "chat:lobby", back
+    assert_recovered "chat:lobby", back
+    assert_empty received(back, "history")
+    assert_equal ["while away 1", "while away 2"], received(back, "message").map { |m| m["text"] }
+    # What came while it was away (its own leave included), then its join.
+    assert_equal(%w[leave count message message join count], received(back).map { |m| m["type"] })
+  end
+
+  # A position the history no longer covers: no replay, a fresh snapshot
+  # that says the page had asked to resume.
+  def test_a_resume_from_too_far_back_gets_a_snapshot
+    alice = connect "/chat/lobby/alice"
+    alice.send_message "kept by the app"
+
+    back = connect "/chat/lobby/alice?since=gone:7"
+    refute_recovered "chat:lobby", back
+    history = received(back, "history")
+    assert_equal 1, history.length
+    assert history[0]["resumed"]
+    assert_equal ["kept by the app"], history[0]["messages"].map { |m| m["text"] }
+  end
+
+  def test_only_a_position_is_taken_as_since
+    assert_equal "Q3_x-9:42", Chat.since("a=1&since=Q3_x-9:42")
+    assert_equal "e:1", Chat.since("since=e:1&x")
+    [nil, "", "since=", "since=42", "since=a:b", "since=a b:1", "since=#{'e' * 33}:1"].each do |query|
+      assert_nil Chat.since(query), query.inspect
+    end
   end
 
   def test_a_long_message_is_an_error_for_its_sender_only
