@@ -63,9 +63,9 @@ class PublisherTest < Minitest::Test
     end
     assert pub.publish("room:1", "hi", except: "c_me")
     assert pub.publish("room:1", "\x00\xff".b)
-    assert pub.send_to("c_x", "direct")
-    refute pub.send_to("c_gone", "direct")
-    assert pub.close("c_x", 4000, "bye")
+    assert_equal true, pub.send_to("c_x", "direct") # true, not the node's JSON
+    assert_equal false, pub.send_to("c_gone", "direct")
+    assert_equal true, pub.close("c_x", 4000, "bye")
 
     reqs = Array.new(5) { @admin.requests.pop }
     assert_equal ["/publish", "/publish", "/send", "/send", "/close"], reqs.map { |r| r[:path] }

@@ -33,24 +33,26 @@ module Cablecar
       (res.is_a?(Hash) && Array(res["positions"]).first) || true
     end
 
+    # true when sent, false when no node holds the connection.
     def send_to(connection_id, data)
-      post("/send", { "connection" => connection_id.to_s }.merge(Cablecar.frame(data)), missing_ok: true)
+      post("/send", { "connection" => connection_id.to_s }.merge(Cablecar.frame(data)), missing_ok: true) != false
     end
 
     def close(connection_id, code, reason)
-      post("/close", { "connection" => connection_id.to_s, "code" => code, "reason" => reason }, missing_ok: true)
+      post("/close", { "connection" => connection_id.to_s, "code" => code, "reason" => reason }, missing_ok: true) != false
     end
 
     # Closes every connection subscribed to channel, on every node (SPEC
     # §4); reconnect: false tells ActionCable clients not to come back.
     def close_channel(channel, code, reason, reconnect: true)
       post("/close", { "channel" => channel, "code" => code, "reason" => reason, "reconnect" => reconnect })
+      true
     end
 
     private
 
-    # true on success; false for a connection no node holds (404) when
-    # missing_ok; raises otherwise.
+    # The success's JSON body (true when it has none); false for a
+    # connection no node holds (404) when missing_ok; raises otherwise.
     def post(path, payload, missing_ok: false)
       req = Net::HTTP::Post.new(@uri.path.chomp("/") + path)
       req["content-type"] = "application/json"
