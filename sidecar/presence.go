@@ -110,8 +110,15 @@ func (p *presenceParts) close() {
 	}
 }
 
-// read answers admin GET /presence.
+// read answers admin GET /presence. It first waits (bounded) for this
+// node's changes made before the request to be in the store: an app that
+// asks how many are left while handling a close event (Iodine's count in
+// on_close) must see that connection gone, not the count of a few
+// milliseconds before.
 func (p *presenceParts) read(ctx context.Context, channel string) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	_ = p.tracker.Synced(sctx) // late: read what is there
+	cancel()
 	return p.tracker.Read(ctx, channel)
 }
 
