@@ -17,7 +17,8 @@ import (
 // Redis keeps sessions where every node finds them:
 //
 //	<prefix>~{sess}:s:<sid hash>  STRING the connection id (the sid's one use)
-//	<prefix>~{sess}:d:<conn id>   HASH   sid: the hash, sub, data: JSON Session, held: 1, posting: 1
+//	<prefix>~{sess}:d:<conn id>   HASH   sid: the hash, sub, data: JSON Session, held: 1, posting: 1,
+//	                                     node: the node that restored it last
 //	<prefix>~{sess}:held          ZSET   conn id → when its close is due (unix ms)
 //
 // One hash tag, one Cluster slot: the scripts touch a session's keys and
@@ -136,8 +137,10 @@ redis.call("DEL", KEYS[1])
 if redis.call("HGET", KEYS[2], "sid") == ARGV[2] then redis.call("DEL", KEYS[2]) end
 return 1`)
 
-// takeScript restores. KEYS: s, d, held. ARGV: conn id, sid hash, sub, px.
-// Returns the data, or 0 (none), or -1 (another sub).
+// takeScript restores. KEYS: s, d, held. ARGV: conn id, sid hash, sub, px,
+// the restoring node (Find says it holds the connection from now on, not
+// only once its first write lands). Returns the data, or 0 (none), or -1
+// (another sub).
 var takeScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
 local d = redis.call("HMGET", KEYS[2], "sid", "sub", "data", "posting")
@@ -146,6 +149,7 @@ if (d[2] or "") ~= ARGV[3] then return -1 end
 redis.call("DEL", KEYS[1])
 redis.call("ZREM", KEYS[3], ARGV[1])
 redis.call("HDEL", KEYS[2], "held")
+redis.call("HSET", KEYS[2], "node", ARGV[5])
 redis.call("PEXPIRE", KEYS[2], ARGV[4])
 return d[3]`)
 
@@ -382,7 +386,7 @@ func (r *Redis) Take(ctx context.Context, sid, sub string) (*Session, error) {
 		return nil, err
 	}
 	res, err := takeScript.Run(ctx, r.rdb, []string{r.sKey(h), r.dKey(id), r.heldKey()},
-		id, h, sub, r.liveTTL().Milliseconds()).Result()
+		id, h, sub, r.liveTTL().Milliseconds(), r.node).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -403,7 +407,7 @@ func (r *Redis) Take(ctx context.Context, sid, sub string) (*Session, error) {
 }
 
 func (r *Redis) Find(ctx context.Context, connID string) (*Session, bool, error) {
-	v, err := r.rdb.HMGet(ctx, r.dKey(connID), "data", "held", "posting").Result()
+	v, err := r.rdb.HMGet(ctx, r.dKey(connID), "data", "held", "posting", "node").Result()
 	if err != nil {
 		return nil, false, err
 	}
@@ -414,6 +418,10 @@ func (r *Redis) Find(ctx context.Context, connID string) (*Session, bool, error)
 	var s Session
 	if err := json.Unmarshal([]byte(data), &s); err != nil {
 		return nil, false, err
+	}
+	if node, ok := v[3].(string); ok {
+		// Restored there: data may still be the last node's write.
+		s.Node = node
 	}
 	return &s, v[1] != nil, nil
 }
