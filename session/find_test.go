@@ -41,3 +41,31 @@ func TestRedisFindNamesTheRestoringNode(t *testing.T) {
 		t.Fatalf("Find after the restore on nodeA = %+v", s)
 	}
 }
+
+// Save and Hold may come while a flush writes the same session (the race
+// detector checks what the flush reads of it).
+func TestRedisSaveDuringFlush(t *testing.T) {
+	a, _ := newRedisPair(t)
+	sid := NewSID()
+	a.Save(sid, live("c_busy", ""))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			a.Save(sid, live("c_busy", ""))
+		}
+		a.Hold(sid, held("c_busy", 4, "client", testTTL), nil)
+	}()
+	for {
+		flush(t, a)
+		select {
+		case <-done:
+			flush(t, a)
+			if s, detached, err := a.Find(context.Background(), "c_busy"); err != nil || s == nil || !detached {
+				t.Fatalf("Find after the hold = %+v, %v, %v; want held", s, detached, err)
+			}
+			return
+		default:
+		}
+	}
+}

@@ -245,6 +245,10 @@ type sessOp struct {
 	s     *Session
 	cmd   *redis.Cmd
 	after func()
+	// The entry as it was when the flush took it, read under mu: Save,
+	// Hold and Drop change it meanwhile.
+	snap                Snapshot
+	held, drop, written bool
 }
 
 // flush writes every dirty session in one pipeline.
@@ -259,7 +263,7 @@ func (r *Redis) flush(ctx context.Context) error {
 			delete(r.live, h)
 			continue
 		}
-		ops = append(ops, sessOp{h: h, e: e, after: e.after})
+		ops = append(ops, sessOp{h: h, e: e, after: e.after, snap: e.snap, held: e.held, drop: e.drop, written: e.written})
 	}
 	clear(r.dirty)
 	r.mu.Unlock()
@@ -281,9 +285,9 @@ func (r *Redis) flush(ctx context.Context) error {
 	pipe := r.rdb.Pipeline()
 	for i := range ops {
 		op := &ops[i]
-		op.s = op.e.snap()
+		op.s = op.snap()
 		k := []string{r.sKey(op.h), r.dKey(op.s.ConnID), r.heldKey()}
-		if op.e.drop {
+		if op.drop {
 			op.cmd = dropScript.Run(wctx, pipe, k[:2], op.s.ConnID, op.h)
 			continue
 		}
@@ -292,10 +296,10 @@ func (r *Redis) flush(ctx context.Context) error {
 			return err
 		}
 		px, due, cond := r.liveTTL(), "", "0"
-		if op.e.written {
+		if op.written {
 			cond = "1"
 		}
-		if op.e.held && op.s.Close != nil {
+		if op.held && op.s.Close != nil {
 			px = time.Duration(op.s.Close.Due-nowMs())*time.Millisecond + heldSlack
 			due = strconv.FormatInt(op.s.Close.Due, 10)
 		}
