@@ -86,5 +86,4 @@ func TestLocateSessions(t *testing.T) {
 	if err := a.Direct(ctx, pubsub.Command{Kind: pubsub.CommandSend, Connection: held, Data: []byte("hi")}); !errors.Is(err, pubsub.ErrNoConnection) {
 		t.Fatalf("Direct to a held session's connection: %v, want ErrNoConnection", err)
 	}
-
 }
