@@ -71,6 +71,10 @@ type Redis struct {
 
 	nodeChannel string
 	sink        Sink
+	// locate and forwards: where a connection lives that is not on the
+	// node its id names (redis_direct.go).
+	locate   Locator
+	forwards chan Command
 
 	mu sync.Mutex // guards joining and leaving, never held across a call to Redis
 	// joining: Redis channel → closed when Redis confirms its subscription
@@ -173,9 +177,10 @@ func (r *Redis) Start(ctx context.Context, sink Sink) error {
 	r.cancel = cancel
 	connecting := "connecting"
 	r.lastErr.Store(&connecting)
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.sub.run(runCtx, r) }()
 	go func() { defer r.wg.Done(); r.watch(runCtx) }()
+	go func() { defer r.wg.Done(); r.forwardLoop(runCtx) }()
 
 	// The node channel is subscribed for as long as the node lives.
 	ready := r.awaitJoins(r.nodeChannel)[0]
@@ -379,38 +384,6 @@ func (r *Redis) publish(ctx context.Context, pipe redis.Pipeliner, channel strin
 	return pipe.Publish(ctx, channel, payload)
 }
 
-// Direct sends a command to the node whose id the connection id carries.
-// A command for this node's own connection skips Redis.
-func (r *Redis) Direct(ctx context.Context, cmd Command) error {
-	if cmd.Kind != CommandSend && cmd.Kind != CommandClose {
-		return fmt.Errorf("pubsub: unknown command kind %d", cmd.Kind)
-	}
-	if err := r.usable(); err != nil {
-		return err
-	}
-	node, ok := NodeOf(cmd.Connection)
-	if !ok {
-		return ErrNoConnection
-	}
-	if node == r.cfg.Node {
-		if !r.sink.Execute(cmd) {
-			return ErrNoConnection
-		}
-		return nil
-	}
-	pipe := r.rdb.Pipeline()
-	n := r.publish(ctx, pipe, r.cfg.Prefix+nodeInfix+node, encodeCommand(&cmd))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("publishing to Redis: %w", err)
-	}
-	if n.Val() == 0 {
-		// No node listens there: that node is gone, and its connections
-		// with it.
-		return ErrNoConnection
-	}
-	return nil
-}
-
 // Ready is nil while the subscriber connection is up and Redis answers.
 func (r *Redis) Ready(ctx context.Context) error {
 	if err := r.usable(); err != nil {
@@ -458,7 +431,7 @@ func (r *Redis) received(channel string, payload []byte) {
 		}
 		r.metrics.receivedCommand.Inc()
 		if !r.sink.Execute(cmd) {
-			r.log.Debug().Str("conn_id", cmd.Connection).Msg("command for a connection no longer here")
+			r.missed(cmd)
 		}
 	case strings.HasPrefix(rest, envelopeInfix):
 		inner, ok := strings.CutPrefix(strings.TrimSuffix(rest[len(envelopeInfix):], "}"), r.cfg.Prefix)

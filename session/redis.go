@@ -17,7 +17,8 @@ import (
 // Redis keeps sessions where every node finds them:
 //
 //	<prefix>~{sess}:s:<sid hash>  STRING the connection id (the sid's one use)
-//	<prefix>~{sess}:d:<conn id>   HASH   sid: the hash, sub, data: JSON Session, held: 1, posting: 1
+//	<prefix>~{sess}:d:<conn id>   HASH   sid: the hash, sub, data: JSON Session, held: 1, posting: 1,
+//	                                     node: the node that restored it last
 //	<prefix>~{sess}:held          ZSET   conn id → when its close is due (unix ms)
 //
 // One hash tag, one Cluster slot: the scripts touch a session's keys and
@@ -136,8 +137,10 @@ redis.call("DEL", KEYS[1])
 if redis.call("HGET", KEYS[2], "sid") == ARGV[2] then redis.call("DEL", KEYS[2]) end
 return 1`)
 
-// takeScript restores. KEYS: s, d, held. ARGV: conn id, sid hash, sub, px.
-// Returns the data, or 0 (none), or -1 (another sub).
+// takeScript restores. KEYS: s, d, held. ARGV: conn id, sid hash, sub, px,
+// the restoring node (Find says it holds the connection from now on, not
+// only once its first write lands). Returns the data, or 0 (none), or -1
+// (another sub).
 var takeScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
 local d = redis.call("HMGET", KEYS[2], "sid", "sub", "data", "posting")
@@ -146,6 +149,7 @@ if (d[2] or "") ~= ARGV[3] then return -1 end
 redis.call("DEL", KEYS[1])
 redis.call("ZREM", KEYS[3], ARGV[1])
 redis.call("HDEL", KEYS[2], "held")
+redis.call("HSET", KEYS[2], "node", ARGV[5])
 redis.call("PEXPIRE", KEYS[2], ARGV[4])
 return d[3]`)
 
@@ -241,6 +245,10 @@ type sessOp struct {
 	s     *Session
 	cmd   *redis.Cmd
 	after func()
+	// The entry as it was when the flush took it, read under mu: Save,
+	// Hold and Drop change it meanwhile.
+	snap                Snapshot
+	held, drop, written bool
 }
 
 // flush writes every dirty session in one pipeline.
@@ -255,7 +263,7 @@ func (r *Redis) flush(ctx context.Context) error {
 			delete(r.live, h)
 			continue
 		}
-		ops = append(ops, sessOp{h: h, e: e, after: e.after})
+		ops = append(ops, sessOp{h: h, e: e, after: e.after, snap: e.snap, held: e.held, drop: e.drop, written: e.written})
 	}
 	clear(r.dirty)
 	r.mu.Unlock()
@@ -277,9 +285,9 @@ func (r *Redis) flush(ctx context.Context) error {
 	pipe := r.rdb.Pipeline()
 	for i := range ops {
 		op := &ops[i]
-		op.s = op.e.snap()
+		op.s = op.snap()
 		k := []string{r.sKey(op.h), r.dKey(op.s.ConnID), r.heldKey()}
-		if op.e.drop {
+		if op.drop {
 			op.cmd = dropScript.Run(wctx, pipe, k[:2], op.s.ConnID, op.h)
 			continue
 		}
@@ -288,10 +296,10 @@ func (r *Redis) flush(ctx context.Context) error {
 			return err
 		}
 		px, due, cond := r.liveTTL(), "", "0"
-		if op.e.written {
+		if op.written {
 			cond = "1"
 		}
-		if op.e.held && op.s.Close != nil {
+		if op.held && op.s.Close != nil {
 			px = time.Duration(op.s.Close.Due-nowMs())*time.Millisecond + heldSlack
 			due = strconv.FormatInt(op.s.Close.Due, 10)
 		}
@@ -382,7 +390,7 @@ func (r *Redis) Take(ctx context.Context, sid, sub string) (*Session, error) {
 		return nil, err
 	}
 	res, err := takeScript.Run(ctx, r.rdb, []string{r.sKey(h), r.dKey(id), r.heldKey()},
-		id, h, sub, r.liveTTL().Milliseconds()).Result()
+		id, h, sub, r.liveTTL().Milliseconds(), r.node).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -403,7 +411,7 @@ func (r *Redis) Take(ctx context.Context, sid, sub string) (*Session, error) {
 }
 
 func (r *Redis) Find(ctx context.Context, connID string) (*Session, bool, error) {
-	v, err := r.rdb.HMGet(ctx, r.dKey(connID), "data", "held", "posting").Result()
+	v, err := r.rdb.HMGet(ctx, r.dKey(connID), "data", "held", "posting", "node").Result()
 	if err != nil {
 		return nil, false, err
 	}
@@ -414,6 +422,10 @@ func (r *Redis) Find(ctx context.Context, connID string) (*Session, bool, error)
 	var s Session
 	if err := json.Unmarshal([]byte(data), &s); err != nil {
 		return nil, false, err
+	}
+	if node, ok := v[3].(string); ok {
+		// Restored there: data may still be the last node's write.
+		s.Node = node
 	}
 	return &s, v[1] != nil, nil
 }

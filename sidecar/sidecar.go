@@ -126,6 +126,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	}
 	sessions := newSessions(cfg.ActionCable.SessionTTL, rdb, cfg.Broker.Prefix, node, log)
 	ucfg.ActionCable.Sessions = sessions
+	locateSessions(inner, sessions)
 	broker := pubsub.Metered(inner, reg)
 	cb.SetPublisher(broker) // replies to close events that had to wait
 	ws := upgrade.New(ucfg, log, reg, cb, broker, p.PrepareHeaders)
