@@ -354,6 +354,14 @@ func TestSessionRestoreRedis(t *testing.T) {
 	// Restore on the other node while the first lives.
 	s := subscribedExt(t, a, p, "")
 	s.cl.CloseWith(wsWait, websocket.CloseNormalClosure, "")
+	// A restore on another node takes the session as Redis has it: wait
+	// for node a's write of the ended one (batched, a few ms), as any real
+	// client's reconnect delay does. One within those milliseconds gets
+	// the session as last written (docs/actioncable.md).
+	WaitFor(t, wsWait, "the held session in Redis", func() bool {
+		st, body := b.Admin("/connections/" + s.cl.id)
+		return st == 200 && strings.Contains(body, `"detached":true`)
+	})
 	cl, w := extDial(t, b, p, "sid="+url.QueryEscape(s.sid), nil)
 	if w["restored"] != true {
 		t.Fatalf("restore on node b: %v", w)
