@@ -4,8 +4,11 @@
 # BENCH_CLIENTS idle ActionCable clients, one subscription each, against one
 # small app (testdata/benchcable) under one Puma process, two ways:
 #   actioncable  ActionCable inside Puma (Debian's actioncable, async adapter)
-#   cablecar     Cablecar in front of the same app; broadcasts leave through
-#                the cable.yml adapter "cablecar" (the admin API)
+#   cablecar     Cablecar in front of the same app, the events answered by
+#                hand; broadcasts leave through the cable.yml adapter
+#                "cablecar" (the admin API)
+#   gem          the same, the events run by the gem's ActionCable runtime
+#                (the app's own connection and channel classes)
 # The clients run in a process of their own (e2e/cmd/cablebench); for each
 # way it prints cablebench's JSON line: total RSS of the server processes
 # (Puma, plus Cablecar), Puma's busy threads and the process's Ruby threads
@@ -14,7 +17,7 @@
 #
 # Environment (defaults in brackets):
 #   BENCH_CLIENTS     clients [5000]
-#   BENCH_MODES       which ways, from "actioncable cablecar" [both]
+#   BENCH_MODES       which ways, from "actioncable cablecar gem" [all three]
 #   BENCH_BROADCASTS  broadcasts, one at a time [5]
 #   BENCH_PERFORMS    performs per client [2]
 #   BENCH_THREADS     Puma's -t [5:5]
@@ -26,7 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 CLIENTS=${BENCH_CLIENTS:-5000}
-MODES=${BENCH_MODES:-actioncable cablecar}
+MODES=${BENCH_MODES:-actioncable cablecar gem}
 BROADCASTS=${BENCH_BROADCASTS:-5}
 PERFORMS=${BENCH_PERFORMS:-2}
 THREADS=${BENCH_THREADS:-5:5}
@@ -37,7 +40,7 @@ PUMA=${PUMA:-/usr/bin/puma}
 die() { echo "bench-rails: $*" >&2; exit 1; }
 note() { echo "bench-rails: $*" >&2; }
 [[ $CLIENTS =~ ^[0-9]+$ ]] && (( CLIENTS >= 1 && CLIENTS <= 19000 )) || die "BENCH_CLIENTS: 1 to 19000"
-for m in $MODES; do [[ $m == actioncable || $m == cablecar ]] || die "BENCH_MODES: unknown '$m'"; done
+for m in $MODES; do [[ $m == actioncable || $m == cablecar || $m == gem ]] || die "BENCH_MODES: unknown '$m'"; done
 [[ -x $PUMA ]] || die "puma is missing: apt-get install -y puma ruby-actioncable"
 ruby -e 'require "action_cable"' 2>/dev/null || die "actioncable is missing: apt-get install -y ruby-actioncable"
 
@@ -101,11 +104,12 @@ bench() { # bench MODE
   local config=(-C "$PUMA_CONFIG")
   [[ $PUMA_CONFIG == none ]] && config=(--no-config)
   BENCHCABLE_MODE=$mode RUBYLIB="$ROOT/ruby/lib" CABLECAR_ADMIN_URL="http://127.0.0.1:$admin" \
+    CABLECAR_CALLBACK_SECRET=bench-rails-secret \
     "$PUMA" "${config[@]}" -t "$THREADS" -b "tcp://127.0.0.1:$app" testdata/benchcable/config.ru >"$TMP/puma-$mode.log" 2>&1 &
   PIDS+=($!)
   pids=$!
   url="ws://127.0.0.1:$app/cable"
-  if [[ $mode == cablecar ]]; then
+  if [[ $mode != actioncable ]]; then
     cat >"$TMP/cablecar.yaml" <<YAML
 listen: "127.0.0.1:$front"
 upstream: "http://127.0.0.1:$app"
@@ -115,7 +119,7 @@ log:
   level: warn
   format: json
 YAML
-    "$TMP/cablecar" -config "$TMP/cablecar.yaml" >"$TMP/cablecar.log" 2>&1 &
+    CABLECAR_CALLBACK_SECRET=bench-rails-secret "$TMP/cablecar" -config "$TMP/cablecar.yaml" >"$TMP/cablecar.log" 2>&1 &
     PIDS+=($!)
     pids="$pids,$!"
     url="ws://127.0.0.1:$front/cable"

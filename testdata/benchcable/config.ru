@@ -8,9 +8,12 @@
 #                                each socket and ActionCable holds it.
 #   BENCHCABLE_MODE=cablecar     Cablecar holds the sockets; /cable answers
 #                                its accept and events by hand (SPEC §9),
-#                                as the gem's ActionCable runtime will, and
-#                                broadcasts leave through the cable.yml
+#                                and broadcasts leave through the cable.yml
 #                                adapter "cablecar" (the admin API).
+#   BENCHCABLE_MODE=gem          the same, with the gem's ActionCable runtime
+#                                (Cablecar::ActionCable::Middleware) running
+#                                the app's own connection and channel classes,
+#                                as a Rails app behind Cablecar does.
 #
 # Either way the channel is the same: subscribe with {"channel":
 # "BenchChannel","stream":S} streams from S; perform "echo" transmits the
@@ -25,7 +28,7 @@ require "action_cable"
 require "action_dispatch"
 
 MODE = ENV.fetch("BENCHCABLE_MODE")
-raise "BENCHCABLE_MODE is actioncable or cablecar, not #{MODE.inspect}" unless %w[actioncable cablecar].include?(MODE)
+raise "BENCHCABLE_MODE is actioncable, cablecar or gem, not #{MODE.inspect}" unless %w[actioncable cablecar gem].include?(MODE)
 
 module ApplicationCable
   class Connection < ActionCable::Connection::Base
@@ -47,7 +50,7 @@ class BenchChannel < ActionCable::Channel::Base
   end
 end
 
-ActionCable.server.config.cable = { "adapter" => MODE == "cablecar" ? "cablecar" : "async" }
+ActionCable.server.config.cable = { "adapter" => MODE == "actioncable" ? "async" : "cablecar" }
 ActionCable.server.config.logger = Logger.new($stderr, level: :warn)
 ActionCable.server.config.connection_class = -> { ApplicationCable::Connection }
 ActionCable.server.config.disable_request_forgery_protection = true
@@ -88,7 +91,14 @@ end
 # first broadcast would pay ~0.6 s for it in either mode.
 ActiveSupport::JSON.encode({ "warm" => true })
 
-cable = MODE == "cablecar" ? CablecarEndpoint.new : ActionCable.server
+cable = case MODE
+        when "cablecar" then CablecarEndpoint.new
+        when "gem"
+          require "cablecar"
+          # Answers /cable itself; anything else reaches what it wraps.
+          Cablecar::ActionCable::Middleware.new(->(_env) { [404, {}, []] }, path: "/cable")
+        else ActionCable.server
+        end
 
 app = lambda do |env|
   req = Rack::Request.new(env)
