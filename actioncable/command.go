@@ -178,14 +178,19 @@ func malformed(why Malformed, command string, err error) error {
 // exactly (Rails reads data["command"]), a key given twice counts the last
 // time (as Ruby's JSON does), and keys no command uses are ignored.
 func ParseCommand(frame []byte) (Command, error) {
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(frame, &obj); err != nil || obj == nil {
-		if err == nil {
-			err = errors.New("null")
+	obj, ok := scanCommand(frame)
+	if !ok {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(frame, &m); err != nil || m == nil {
+			if err == nil {
+				err = errors.New("null")
+			}
+			return Command{}, malformed(NotJSON, "", err)
 		}
-		return Command{}, malformed(NotJSON, "", err)
+		obj = commandFields{command: m["command"], identifier: m["identifier"], data: m["data"],
+			history: m["history"], presence: m["presence"]}
 	}
-	name, ok := stringField(obj["command"])
+	name, ok := stringField(obj.command)
 	if !ok {
 		return Command{}, malformed(UnknownCommand, "", errors.New(`"command" is missing or not a string`))
 	}
@@ -197,35 +202,67 @@ func ParseCommand(frame []byte) (Command, error) {
 		return cmd, nil
 	}
 	// Rails refuses a blank identifier (present?), spaces only included.
-	if cmd.Identifier, ok = stringField(obj["identifier"]); !ok || strings.TrimSpace(cmd.Identifier) == "" {
+	if cmd.Identifier, ok = stringField(obj.identifier); !ok || strings.TrimSpace(cmd.Identifier) == "" {
 		return Command{}, malformed(BadIdentifier, name, errors.New(`"identifier" is missing, blank or not a string`))
 	}
 	var err error
 	switch cmd.Kind {
 	case Message:
-		if cmd.Data, ok = stringField(obj["data"]); !ok || !json.Valid([]byte(cmd.Data)) {
+		if cmd.Data, ok = stringField(obj.data); !ok || !json.Valid([]byte(cmd.Data)) {
 			return Command{}, malformed(BadData, name, errors.New(`"data" is not a string holding JSON`))
 		}
 	case Subscribe:
-		if cmd.History, err = parseHistory(obj["history"]); err != nil {
+		if cmd.History, err = parseHistory(obj.history); err != nil {
 			return Command{}, malformed(BadHistory, name, err)
 		}
-		if cmd.Presence, err = parsePresence(obj["presence"], false); err != nil {
+		if cmd.Presence, err = parsePresence(obj.presence, false); err != nil {
 			return Command{}, malformed(BadPresence, name, err)
 		}
 	case History:
-		if cmd.History, err = parseHistory(obj["history"]); err == nil && cmd.History == nil {
+		if cmd.History, err = parseHistory(obj.history); err == nil && cmd.History == nil {
 			err = errors.New(`"history" is missing`)
 		}
 		if err != nil {
 			return Command{}, malformed(BadHistory, name, err)
 		}
 	case Join, Leave:
-		if cmd.Presence, err = parsePresence(obj["presence"], cmd.Kind == Join); err != nil {
+		if cmd.Presence, err = parsePresence(obj.presence, cmd.Kind == Join); err != nil {
 			return Command{}, malformed(BadPresence, name, err)
 		}
 	}
 	return cmd, nil
+}
+
+// commandFields are the members of a command that any command reads, as
+// raw JSON; nil when absent.
+type commandFields struct {
+	command, identifier, data, history, presence json.RawMessage
+}
+
+// scanCommand reads frame's members without a map (members.go); false
+// when it cannot, and the caller decodes the slow way.
+func scanCommand(frame []byte) (commandFields, bool) {
+	var ms [maxMembers]member
+	n, ok := scanMembers(frame, &ms)
+	if !ok {
+		return commandFields{}, false
+	}
+	var f commandFields
+	for _, m := range ms[:n] {
+		switch string(m.key) {
+		case "command":
+			f.command = m.value
+		case "identifier":
+			f.identifier = m.value
+		case "data":
+			f.data = m.value
+		case "history":
+			f.history = m.value
+		case "presence":
+			f.presence = m.value
+		}
+	}
+	return f, true
 }
 
 // stringField decodes a JSON string; false for anything else, absence
@@ -233,6 +270,9 @@ func ParseCommand(frame []byte) (Command, error) {
 func stringField(raw json.RawMessage) (string, bool) {
 	if len(raw) == 0 || raw[0] != '"' {
 		return "", false
+	}
+	if s, ok := plainString(raw); ok {
+		return s, true
 	}
 	var s string
 	if json.Unmarshal(raw, &s) != nil {

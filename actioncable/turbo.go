@@ -187,15 +187,15 @@ func (l *FastLane) Decide(identifier string) Verdict {
 	if l.verifier == nil && !l.public {
 		return Verdict{}
 	}
-	var params map[string]json.RawMessage
-	if json.Unmarshal([]byte(identifier), &params) != nil {
+	params, ok := identifierFields(identifier)
+	if !ok {
 		return Verdict{}
 	}
-	channel, _ := stringField(params["channel"])
+	channel, _ := stringField(params.channel)
 	if channel != TurboChannel && channel != PubSubChannel {
 		return Verdict{}
 	}
-	if signed, present := params["signed_stream_name"]; present && l.verifier != nil {
+	if signed := params.signed; signed != nil && l.verifier != nil {
 		name, ok := stringField(signed)
 		if !ok {
 			return Verdict{Lane: Reject, Err: errors.New("signed_stream_name is not a string")}
@@ -210,10 +210,41 @@ func (l *FastLane) Decide(identifier string) Verdict {
 		// missing one included.
 		return Verdict{Lane: Reject, Err: errors.New("no signed_stream_name")}
 	}
-	if name, ok := stringField(params["stream_name"]); ok && l.public {
+	if name, ok := stringField(params.stream); ok && l.public {
 		return l.confirm(name, nil)
 	}
 	return Verdict{}
+}
+
+// laneFields are the members of an identifier the fast lane reads; nil
+// when absent.
+type laneFields struct {
+	channel, signed, stream json.RawMessage
+}
+
+// identifierFields reads them, without a map when it can (members.go);
+// false when identifier is not a JSON object.
+func identifierFields(identifier string) (laneFields, bool) {
+	var f laneFields
+	var ms [maxMembers]member
+	if n, ok := scanMembers([]byte(identifier), &ms); ok {
+		for _, m := range ms[:n] {
+			switch string(m.key) {
+			case "channel":
+				f.channel = m.value
+			case "signed_stream_name":
+				f.signed = m.value
+			case "stream_name":
+				f.stream = m.value
+			}
+		}
+		return f, true
+	}
+	var params map[string]json.RawMessage
+	if json.Unmarshal([]byte(identifier), &params) != nil || params == nil {
+		return f, false
+	}
+	return laneFields{channel: params["channel"], signed: params["signed_stream_name"], stream: params["stream_name"]}, true
 }
 
 func (l *FastLane) confirm(stream string, err error) Verdict {
