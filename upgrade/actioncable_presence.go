@@ -29,6 +29,11 @@ func (c *Conn) acPresenceCommand(cmd actioncable.Command) bool {
 			c.acMalformed(actioncable.NotSubscribed.String())
 			return true
 		}
+		if cmd.Kind == actioncable.Join && c.acHoldsPresence(cmd.Identifier, cmd.Presence) {
+			// Already held (a restored session re-joined it, SPEC §10/§11):
+			// the client's re-sent join is a no-op, with no event.
+			return true
+		}
 		typ := callback.EventJoin
 		if cmd.Kind == actioncable.Leave {
 			typ = callback.EventLeave
@@ -44,6 +49,20 @@ func (c *Conn) acPresenceCommand(cmd actioncable.Command) bool {
 		return true
 	}
 	return false
+}
+
+// acHoldsPresence says whether c already holds presence id p.ID in the
+// presence channel of subscription identifier.
+func (c *Conn) acHoldsPresence(identifier string, p *actioncable.PresenceInfo) bool {
+	if p == nil || p.ID == "" {
+		return false
+	}
+	ch := c.acPresenceChannel(identifier)
+	if ch == "" {
+		return false
+	}
+	m, ok := c.hub.PresenceOf(c.id)[ch]
+	return ok && m.ID == p.ID
 }
 
 // appendProposal is the event's "presence": what the client sent, as

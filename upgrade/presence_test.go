@@ -65,6 +65,13 @@ func TestACExtPresence(t *testing.T) {
 	waitFrame(t, a, join)
 	waitFrame(t, w, join)
 
+	// What a restored session re-joined: the client's re-sent join for the
+	// id it holds is a no-op (SPEC §10/§11); another id is a proposal.
+	if !a.acHoldsPresence(id, &actioncable.PresenceInfo{ID: "u1"}) || a.acHoldsPresence(id, &actioncable.PresenceInfo{ID: "u2"}) ||
+		w.acHoldsPresence(id, &actioncable.PresenceInfo{ID: "u1"}) {
+		t.Fatal("acHoldsPresence: want true only for a's u1")
+	}
+
 	w.acCommand([]byte(`{"command":"presence","identifier":"{\"channel\":\"ChatChannel\"}","data":"{}"}`), false)
 	waitFrame(t, w, `{"type":"presence","identifier":"{\"channel\":\"ChatChannel\"}","message":{"type":"info","total":1,"records":[{"id":"u1","info":{"name":"Ann"}}]}}`)
 
