@@ -192,6 +192,7 @@ type slowParts struct {
 	nodesErr   string
 	brokerErr  string
 	hasNodesFn bool
+	presence   []PresenceCount // nil: not in use
 }
 
 // EnableStatus serves the status page at GET / and its data at GET
@@ -285,15 +286,13 @@ func (p *statusPage) snapshot(ctx context.Context, now time.Time) (*Status, erro
 			st.Broker.OutageSeconds = now.Sub(since).Round(time.Second).Seconds()
 		}
 	}
-	if p.src.Presence != nil {
-		if pc := p.src.Presence(topChannels); pc != nil {
-			st.Presence = pc
-		}
+	if slow.presence != nil {
+		st.Presence = slow.presence
 	}
 	return st, nil
 }
 
-// slowParts reads the channels, the nodes and the broker's health, or
+// slowParts reads the channels, the nodes, the broker's health and presence, or
 // returns what was read less than slowEvery ago.
 func (p *statusPage) slowParts(ctx context.Context, now time.Time) slowParts {
 	p.slowMu.Lock()
@@ -322,6 +321,10 @@ func (p *statusPage) slowParts(ctx context.Context, now time.Time) slowParts {
 		if err := p.src.BrokerReady(ctx); err != nil {
 			sp.brokerErr = oneLine(err.Error())
 		}
+	}
+	if p.src.Presence != nil {
+		// A store read per channel: once per slowEvery, however many watch.
+		sp.presence = p.src.Presence(topChannels)
 	}
 	p.slow, p.slowAt = sp, now
 	return sp

@@ -262,7 +262,7 @@ func deref(p *float64) any {
 // where it is used.
 func TestStatusSources(t *testing.T) {
 	down := time.Now().Add(-42 * time.Second)
-	calls := 0
+	calls, presenceCalls := 0, 0
 	s, _ := statusServer(t, "", StatusSources{
 		Node:   "me",
 		Broker: "redis",
@@ -275,7 +275,10 @@ func TestStatusSources(t *testing.T) {
 		},
 		BrokerReady: func(context.Context) error { return errors.New("Redis: connection refused") },
 		DownSince:   func() time.Time { return down },
-		Presence:    func(int) []PresenceCount { return []PresenceCount{{"room:1", 2}} },
+		Presence: func(int) []PresenceCount {
+			presenceCalls++
+			return []PresenceCount{{"room:1", 2}}
+		},
 	})
 	st := getStatus(t, s, "")
 	if st.Channels.Total != 2 || len(st.Channels.Top) != 2 || st.Channels.Top[0] != (ChannelCount{"room:1", 5}) {
@@ -292,8 +295,8 @@ func TestStatusSources(t *testing.T) {
 	}
 	// Several people watching cost one walk of the channels a second.
 	getStatus(t, s, "")
-	if calls != 1 {
-		t.Errorf("two snapshots within a second walked the channels %d times, want 1", calls)
+	if calls != 1 || presenceCalls != 1 {
+		t.Errorf("two snapshots within a second walked the channels %d times and read presence %d times, want 1 and 1", calls, presenceCalls)
 	}
 	failing, _ := statusServer(t, "", StatusSources{Node: "me",
 		Nodes: func(context.Context) ([]NodeStatus, error) { return nil, errors.New("Redis: i/o timeout") }})
