@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 
 	"github.com/cablecar/cablecar/internal/testsupport"
 	"github.com/cablecar/cablecar/pubsub"
@@ -182,7 +184,11 @@ func TestRegistryWritten(t *testing.T) {
 func TestRegistryRewritesAfterRedisRestart(t *testing.T) {
 	srv := testsupport.StartRedis(t)
 	rdb := srv.Client(t)
-	a := newTestRegistry(t, rdb, "nodeAAAA")
+	// A lease that outlives the restart: this test is about a node that
+	// kept it, not one fenced (lease.go's tests). With regTTL a redis-server
+	// slow to come back on a loaded machine lapsed it (seen in make test).
+	a := New(rdb, Config{Prefix: "cc:", Node: "nodeAAAA", LeaseTTL: 5 * time.Second},
+		zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel), prometheus.NewRegistry())
 	run(t, a, nil)
 	recs := trackN(a, 100)
 	eventually(t, "records", 5*time.Second, func() bool { return hlen(t, rdb, a.node) == 100 })
