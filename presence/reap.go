@@ -276,7 +276,13 @@ func (r *Redis) reapNode(ctx context.Context, node string) error {
 	if err := r.rdb.SRem(ctx, r.nodesKey(), node).Err(); err != nil {
 		return err
 	}
-	r.log.Warn().Str("lost_node", node).Int("left", left).Int("channels", len(chans)).
+	// A warning only when someone left: a lost node that held only
+	// connection counts (no presence ids) is the registry's news, not ours.
+	ev := r.log.Info()
+	if left > 0 {
+		ev = r.log.Warn()
+	}
+	ev.Str("lost_node", node).Int("left", left).Int("channels", len(chans)).
 		Msg("presence: a node's lease lapsed: its presence ids that no other node holds left")
 	return nil
 }
