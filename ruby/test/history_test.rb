@@ -70,23 +70,11 @@ class HistoryPublisherTest < Minitest::Test
   end
 
   def test_admin_publisher_returns_the_position
-    server = TCPServer.new("127.0.0.1", 0)
-    thread = Thread.new do
-      sock = server.accept
-      length = 0
-      while (line = sock.gets) && line != "\r\n"
-        length = line.split(":", 2)[1].to_i if line.downcase.start_with?("content-length")
-      end
-      sock.read(length)
-      out = '{"published":1,"positions":["Ep0ch:42"]}'
-      sock.write("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: #{out.bytesize}\r\n\r\n#{out}")
-      sock.close
-    end
-    pub = Cablecar::AdminPublisher.new(url: "http://127.0.0.1:#{server.addr[1]}", timeout: 2)
+    admin = FakeAdmin.new { [200, { "published" => 1, "positions" => ["Ep0ch:42"] }] }
+    pub = Cablecar::AdminPublisher.new(url: admin.url, timeout: 2)
     assert_equal "Ep0ch:42", pub.publish("room:1", "hi")
   ensure
-    thread&.join(2)
-    server&.close
+    admin&.stop
   end
 
   # The script as Redis runs it, with the gem's arguments: recorded in the

@@ -1,51 +1,8 @@
 # frozen_string_literal: true
 
 require_relative "test_helper"
-require "socket"
 
 class PublisherTest < Minitest::Test
-  # A tiny HTTP/1.1 server on 127.0.0.1 answering from a block: enough to
-  # see what the admin publisher sends. Cablecar's real admin API is
-  # exercised end to end in e2e/ruby_gem_test.go.
-  class FakeAdmin
-    attr_reader :requests, :url
-
-    def initialize(&answer)
-      @server = TCPServer.new("127.0.0.1", 0)
-      @url = "http://127.0.0.1:#{@server.addr[1]}"
-      @requests = Queue.new
-      @answer = answer
-      @thread = Thread.new { loop { serve(@server.accept) } }
-    end
-
-    def stop
-      @thread.kill
-      @server.close
-    end
-
-    private
-
-    def serve(sock)
-      while (line = sock.gets)
-        method, path, = line.split
-        headers = {}
-        while (h = sock.gets) && h != "\r\n"
-          k, v = h.split(":", 2)
-          headers[k.downcase] = v.strip
-        end
-        body = sock.read(headers["content-length"].to_i)
-        @requests << { method: method, path: path, headers: headers, body: JSON.parse(body) }
-        status, json = @answer.call(path, JSON.parse(body))
-        out = JSON.generate(json)
-        sock.write("HTTP/1.1 #{status} X\r\ncontent-type: application/json\r\ncontent-length: #{out.bytesize}\r\n\r\n#{out}")
-      end
-    rescue IOError, SystemCallError
-      nil
-    ensure
-      sock.close
-    end
-  end
-
   def teardown
     @admin&.stop
   end

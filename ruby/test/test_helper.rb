@@ -6,6 +6,52 @@ require "rack"
 require "rack/mock"
 require "cablecar"
 require "cablecar/testing"
+require "socket"
+
+# A tiny HTTP/1.1 server on 127.0.0.1 standing in for Cablecar's admin API,
+# answering from a block: enough to see what the gem sends. The block gets
+# the path and the JSON body (nil for a GET) and returns [status, body]: a
+# String as it is, anything else as JSON. Cablecar's real admin API is
+# exercised end to end in e2e/.
+class FakeAdmin
+  attr_reader :requests, :url
+
+  def initialize(&answer)
+    @server = TCPServer.new("127.0.0.1", 0)
+    @url = "http://127.0.0.1:#{@server.addr[1]}"
+    @requests = Queue.new
+    @answer = answer
+    @thread = Thread.new { loop { serve(@server.accept) } }
+  end
+
+  def stop
+    @thread.kill
+    @server.close
+  end
+
+  private
+
+  def serve(sock)
+    while (line = sock.gets)
+      method, path, = line.split
+      headers = {}
+      while (h = sock.gets) && h != "\r\n"
+        k, v = h.split(":", 2)
+        headers[k.downcase] = v.strip
+      end
+      length = headers["content-length"].to_i
+      body = length.positive? ? JSON.parse(sock.read(length)) : nil
+      @requests << { method: method, path: path, headers: headers, body: body }
+      status, answer = @answer.call(path, body)
+      out = answer.is_a?(String) ? answer : JSON.generate(answer)
+      sock.write("HTTP/1.1 #{status} X\r\ncontent-type: application/json\r\ncontent-length: #{out.bytesize}\r\n\r\n#{out}")
+    end
+  rescue IOError, SystemCallError
+    nil
+  ensure
+    sock.close
+  end
+end
 
 # Builds the requests Cablecar sends, signed as it signs them, for tests
 # that talk to the middleware directly.
