@@ -49,18 +49,12 @@ for s in $SERVERS; do [[ $s == cablecar || $s == anycable || $s == centrifugo ]]
 for c in $CELLS; do [[ $c =~ ^(idle10k|idle19k|fanout1k|fanout10k|burst1k)$ ]] || die "unknown cell '$c'"; done
 command -v redis-server >/dev/null || die "redis-server is missing (make deps)"
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. e2e/bench/lib.sh
+bench_scratch cablecar-bench-peers
 
 PEERS=$ROOT/e2e/.peers
 mkdir -p "$PEERS" bin
-go build -o bin/cablecar . && go build -o "$WORK/wsfanout" ./e2e/cmd/wsfanout && go build -o "$WORK/webhookload" ./e2e/cmd/webhookload
+go build -o bin/cablecar . && go build -o "$TMP/wsfanout" ./e2e/cmd/wsfanout && go build -o "$TMP/webhookload" ./e2e/cmd/webhookload
 
 # build_peer MODULE VERSION PACKAGE NAME: go mod download, then build from the
 # module cache, where go.sum is the module's own.
@@ -69,57 +63,56 @@ build_peer() {
   [[ -x $PEERS/$name-$ver ]] && return 0
   note "building $name $ver from the Go module proxy (once; a few minutes)"
   local dir
-  dir=$(cd "$WORK" && go mod download -json "$mod@$ver" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  dir=$(cd "$TMP" && go mod download -json "$mod@$ver" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [[ -d $dir ]] || die "could not download $mod@$ver"
   (cd "$dir" && GOFLAGS=-mod=mod go build -o "$PEERS/$name-$ver" "$pkg") || die "could not build $name"
 }
 [[ " $SERVERS " == *" anycable "* ]] && build_peer github.com/anycable/anycable-go $ANYCABLE_VERSION ./cmd/anycable-go anycable-go
 [[ " $SERVERS " == *" centrifugo "* ]] && build_peer github.com/centrifugal/centrifugo/v6 $CENTRIFUGO_VERSION . centrifugo
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() {
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   die "nothing listens on 127.0.0.1:$1"
 }
 
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+alloc_port REDIS_PORT
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
 wait_port "$REDIS_PORT"
 REDIS=redis://127.0.0.1:$REDIS_PORT
 
 # start_server NAME: starts it fresh; sets SERVER_PID, WS_URL and FANOUT_ARGS.
 start_server() {
-  local port; port=$(free_port)
+  local port; alloc_port port
   case $1 in
   cablecar)
-    local app admin; app=$(free_port); admin=$(free_port)
-    "$WORK/webhookload" -serve "127.0.0.1:$app" -subscribe bench -events "" >"$WORK/app.log" 2>&1 &
+    local app admin; alloc_port app; alloc_port admin
+    "$TMP/webhookload" -serve "127.0.0.1:$app" -subscribe bench -events "" >"$TMP/app.log" 2>&1 &
     PIDS+=($!); APP_PID=$!
     wait_port "$app"
     CABLECAR_LISTEN=127.0.0.1:$port CABLECAR_UPSTREAM=http://127.0.0.1:$app CABLECAR_ADMIN_LISTEN=127.0.0.1:$admin \
       CABLECAR_BROKER_URL=$REDIS CABLECAR_LOG_LEVEL=warn CABLECAR_WEBSOCKET_SEND_QUEUE=2000 \
-      CABLECAR_CALLBACK_SECRET=bench-secret ./bin/cablecar >"$WORK/server.log" 2>&1 &
+      CABLECAR_CALLBACK_SECRET=bench-secret ./bin/cablecar >"$TMP/server.log" 2>&1 &
     SERVER_PID=$!
     WS_URL=ws://127.0.0.1:$port/ws
     FANOUT_ARGS=(-admin "http://127.0.0.1:$admin" -publish "$REDIS")
     ;;
   anycable)
     ANYCABLE_DISABLE_TELEMETRY=true "$PEERS/anycable-go-$ANYCABLE_VERSION" --host 127.0.0.1 --port "$port" \
-      --noauth --public --broadcast_adapter redis --redis_url "$REDIS/0" --log_level warn >"$WORK/server.log" 2>&1 &
+      --noauth --public --broadcast_adapter redis --redis_url "$REDIS/0" --log_level warn >"$TMP/server.log" 2>&1 &
     SERVER_PID=$!
     WS_URL=ws://127.0.0.1:$port/cable
     FANOUT_ARGS=(-peer anycable -publish "$REDIS")
     ;;
   centrifugo)
-    cat >"$WORK/centrifugo.json" <<EOF
+    cat >"$TMP/centrifugo.json" <<EOF
 {"http_server": {"address": "127.0.0.1", "port": "$port"},
  "client": {"insecure": true, "allowed_origins": ["*"]},
  "http_api": {"insecure": true},
  "channel": {"without_namespace": {"allow_subscribe_for_client": true}},
  "log": {"level": "warn"}}
 EOF
-    "$PEERS/centrifugo-$CENTRIFUGO_VERSION" --config "$WORK/centrifugo.json" >"$WORK/server.log" 2>&1 &
+    "$PEERS/centrifugo-$CENTRIFUGO_VERSION" --config "$TMP/centrifugo.json" >"$TMP/server.log" 2>&1 &
     SERVER_PID=$!
     WS_URL=ws://127.0.0.1:$port/connection/websocket
     FANOUT_ARGS=(-peer centrifugo -publish "http://127.0.0.1:$port/api")
@@ -146,7 +139,7 @@ cell_args() {
 }
 
 # Each line of results: server cell run json
-RESULTS=$WORK/results
+RESULTS=$TMP/results
 : >"$RESULTS"
 for run in $(seq "$RUNS"); do
   for cell in $CELLS; do
@@ -154,10 +147,10 @@ for run in $(seq "$RUNS"); do
       note "run $run, $cell, $server"
       start_server "$server"
       # shellcheck disable=SC2046
-      if json=$("$WORK/wsfanout" -url "$WS_URL" "${FANOUT_ARGS[@]}" -pid "$SERVER_PID" $(cell_args "$cell") 2>>"$WORK/wsfanout.log"); then
+      if json=$("$TMP/wsfanout" -url "$WS_URL" "${FANOUT_ARGS[@]}" -pid "$SERVER_PID" $(cell_args "$cell") 2>>"$TMP/wsfanout.log"); then
         echo "$server $cell $run $json" >>"$RESULTS"
       else
-        note "$server $cell failed: $(tail -n 1 "$WORK/wsfanout.log")"
+        note "$server $cell failed: $(tail -n 1 "$TMP/wsfanout.log")"
         echo "$server $cell $run {}" >>"$RESULTS"
       fi
       stop_server "$server"

@@ -66,41 +66,8 @@ want_path nginx && { [[ -x $NGINX ]] || missing+=(nginx); }
 want_upstream puma && { [[ -x $PUMA ]] || missing+=(puma ruby-rack); }
 (( ${#missing[@]} == 0 )) || die "missing tools; install them with: apt-get install -y ${missing[*]}"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cablecar-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-  local rc=$? pid i
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP == 1 ]]; then note "scratch directory kept: $TMP"; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# alloc_port VAR: set VAR (an array element too) to a loopback TCP port
-# nobody listens on and this run has not handed out yet.
-TAKEN=" "
-alloc_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
-    [[ $TAKEN == *" $p "* ]] && continue
-    # A refused connection means nobody listens there.
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || continue
-    TAKEN+="$p "
-    printf -v "$1" '%s' "$p"
-    return 0
-  done
-  die "no free port found"
-}
+. e2e/bench/lib.sh
+bench_scratch cablecar-bench
 
 # start NAME CMD...: run CMD in the background, output to $TMP/NAME.log.
 start() {

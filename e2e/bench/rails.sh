@@ -44,37 +44,8 @@ for m in $MODES; do [[ $m == actioncable || $m == cablecar || $m == gem ]] || di
 [[ -x $PUMA ]] || die "puma is missing: apt-get install -y puma ruby-actioncable"
 ruby -e 'require "action_cable"' 2>/dev/null || die "actioncable is missing: apt-get install -y ruby-actioncable"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cablecar-bench-rails.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? pid i
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP == 1 ]]; then note "scratch directory kept: $TMP"; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-TAKEN=" "
-alloc_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
-    [[ $TAKEN == *" $p "* ]] && continue
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || continue
-    TAKEN+="$p "
-    printf -v "$1" '%s' "$p"
-    return 0
-  done
-  die "no free port found"
-}
+. e2e/bench/lib.sh
+bench_scratch cablecar-bench-rails
 
 # wait_http URL: until it answers 200, at most 60 s.
 wait_http() {
@@ -85,13 +56,6 @@ wait_http() {
   die "$1 did not answer"
 }
 
-stop() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 note "building cablecar and cablebench"
 go build -o "$TMP/cablecar" . && go build -o "$TMP/cablebench" ./e2e/cmd/cablebench
