@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -338,6 +339,50 @@ func testSessionPong(t *testing.T, e *acEnv) {
 	for _, ev := range acEvents(t, e.p, s.cl.id) {
 		if ev["type"] != "subscribe" && ev["type"] != "perform" {
 			t.Fatalf("pong reached the app: %v", ev)
+		}
+	}
+}
+
+// A restored session keeps its presence (SPEC §10/§11): Cablecar re-joins
+// it before leave_delay runs out, so the id never leaves, and the client's
+// re-sent join for it is a no-op that never reaches the app.
+func TestSessionRestoreKeepsPresence(t *testing.T) {
+	t.Parallel()
+	p := startACApp(t)
+	const leaveDelay = time.Second
+	c := StartCablecar(t, CablecarOptions{Upstream: p.Upstream, Config: sessConfig(map[string]any{
+		"presence.leave_delay": leaveDelay.String()})})
+	s := subscribedExt(t, c, p, "")
+	who := "u-" + s.room
+	s.cl.command("message", s.ident, `{"action":"present","id":"`+who+`"}`)
+	present := func() bool {
+		st, body := c.Admin("/presence?channel=" + url.QueryEscape("ChatChannel:"+s.room))
+		return st == 200 && strings.Contains(body, `"id":"`+who+`"`)
+	}
+	WaitFor(t, wsWait, "the presence join", present)
+
+	s.cl.CloseWith(wsWait, websocket.CloseNormalClosure, "")
+	cl, w := extDial(t, c, p, "sid="+url.QueryEscape(s.sid), nil)
+	if w["restored"] != true {
+		t.Fatalf("restore: %v", w)
+	}
+	cl.id = s.cl.id
+	// Past leave_delay (and a margin), the id was never gone.
+	until := time.Now().Add(leaveDelay + 2*time.Second)
+	for time.Now().Before(until) {
+		if !present() {
+			t.Fatalf("%s left across the restore", who)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The re-sent join: no event; the echo after it shows the app has
+	// everything sent before.
+	cl.Send(`{"command":"join","identifier":` + strconv.Quote(s.ident) + `,"presence":{"id":"` + who + `"}}`)
+	cl.command("message", s.ident, `{"action":"echo","n":9}`)
+	cl.expect(wsWait, messageFrame(s.ident, map[string]any{"action": "echo", "n": float64(9)}))
+	for _, ev := range acEvents(t, p, s.cl.id) {
+		if ev["type"] == "join" {
+			t.Fatalf("the re-sent join reached the app: %v", ev)
 		}
 	}
 }

@@ -26,6 +26,8 @@
 #                   stop     stop_stream data "stream", or all of them
 #                   state    channel_state data "state"
 #                   close    close {code, reason, reconnect} from data
+#                   present  presence join of data "id" (and "info") in
+#                            the subscription's presence channel
 #     anything else, and every event, recorded.
 #
 # Every accept and event is recorded per connection id and read back with
@@ -144,6 +146,8 @@ class ACApp
       set_state(reply, id, "streams=#{data['stream'] ? (streams - [data['stream']]).join(',') : ''}")
     when "state"
       set_state(reply, id, data["state"])
+    when "present"
+      reply["presence"] = { "join" => [{ "identifier" => id, "id" => data["id"], "info" => data["info"] }] }
     when "close"
       reply["close"] = { "code" => data["code"] || 4000, "reason" => data["reason"].to_s,
                          "reconnect" => data["reconnect"] != false }
