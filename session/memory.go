@@ -93,9 +93,10 @@ func (m *Memory) Take(_ context.Context, sid, sub string) (*Session, error) {
 }
 
 func (m *Memory) Find(_ context.Context, connID string) (*Session, bool, error) {
+	// Under the lock, as Take: Run's due marks the entry (posting).
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	e := m.entries[connID]
-	m.mu.Unlock()
 	switch {
 	case e == nil || e.posting:
 		return nil, false, nil

@@ -264,3 +264,31 @@ func heldCount(t *testing.T, st Store) int {
 	}
 	return 0
 }
+
+// Find while the store marks a due close for posting (admin GET
+// /connections/<id> during a lapse): under -race this failed before Find
+// read the entry under the store's lock.
+func TestMemoryFindWhileDue(t *testing.T) {
+	m := NewMemory(testTTL)
+	sid := NewSID()
+	m.Save(sid, live("c_due", ""))
+	m.Hold(sid, held("c_due", 4, "client", -time.Second), nil)
+	done, going := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			if i == 10 {
+				close(going)
+			}
+			m.Find(context.Background(), "c_due")
+		}
+	}()
+	<-going
+	if got := m.due(nowMs()); len(got) != 1 || got[0].ConnID != "c_due" {
+		t.Errorf("due = %v, want c_due", got)
+	}
+	<-done
+	if s, _, _ := m.Find(context.Background(), "c_due"); s != nil {
+		t.Errorf("Find of a close being posted = %v, want nothing", s)
+	}
+}
