@@ -17,7 +17,11 @@ func TestRegistryKeepsItsLease(t *testing.T) {
 	r := newTestRegistry(t, rdb, "nodeAAAA")
 	run(t, r, nil)
 	k := keysOf("cc:", r.node)
-	eventually(t, "the lease", 5*time.Second, func() bool { return rdb.Exists(t.Context(), k.lease).Val() == 1 })
+	// The lease is taken before the node is listed (a node listed without
+	// one is lost), so wait for both.
+	eventually(t, "the lease and the listing", 5*time.Second, func() bool {
+		return rdb.Exists(t.Context(), k.lease).Val() == 1 && rdb.SIsMember(t.Context(), "cc:~nodes", r.node).Val()
+	})
 	deadline := time.Now().Add(3 * regTTL)
 	for time.Now().Before(deadline) {
 		ttl, err := rdb.PTTL(t.Context(), k.lease).Result()
