@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -45,12 +46,13 @@ type acConn struct {
 	// loop (commands) and the event stream (replies) both make them, and a
 	// leave overtaking the join it follows would leave a member behind.
 	opMu sync.Mutex
-	// mu guards the maps; deliveries read them.
-	mu      sync.RWMutex
-	subs    map[string]*acSub   // identifier → its subscription
-	order   []string            // identifiers, in the order subscribed
-	streams map[string][]string // stream → the identifiers streaming it
-	plain   map[string]struct{} // channels a reply's subscribe joined: delivered verbatim
+	// mu guards subs and plain; deliveries read them. A connection holds
+	// a handful of subscriptions: slices scanned by pointer comparisons
+	// (names are interned) cost less to read per delivery, and to keep
+	// per idle connection, than maps.
+	mu    sync.RWMutex
+	subs  []*acSub // in the order subscribed
+	plain []atom   // channels a reply's subscribe joined: delivered verbatim
 
 	// The disconnect frame the next close gives, when its closer knows
 	// better than its "by" (an app's close reply, admin /close). Guarded
@@ -63,9 +65,58 @@ type acConn struct {
 }
 
 type acSub struct {
+	id       atom
 	state    string
 	hasState bool
-	streams  []string
+	streams  []atom
+}
+
+// atom is an identifier or a stream atom, interned: every connection with
+// the same one shares its bytes (a Turbo page's thousands of viewers hold
+// one identifier), and two atoms are equal when their pointers are.
+type atom = unique.Handle[string]
+
+func intern(s string) atom { return unique.Make(s) }
+
+// sub is identifier id's subscription, or nil. The caller holds mu.
+func (ac *acConn) sub(id atom) *acSub {
+	for _, s := range ac.subs {
+		if s.id == id {
+			return s
+		}
+	}
+	return nil
+}
+
+// streamed says whether a subscription streams stream. The caller holds
+// mu.
+func (ac *acConn) streamed(stream atom) bool {
+	for _, s := range ac.subs {
+		if slices.Contains(s.streams, stream) {
+			return true
+		}
+	}
+	return false
+}
+
+// streamIDs appends to dst the identifiers streaming stream, in the order
+// subscribed. The caller holds mu.
+func (ac *acConn) streamIDs(dst []atom, stream atom) []atom {
+	for _, s := range ac.subs {
+		if slices.Contains(s.streams, stream) {
+			dst = append(dst, s.id)
+		}
+	}
+	return dst
+}
+
+// atomStrings are the strings of ns.
+func atomStrings(ns []atom) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.Value()
+	}
+	return out
 }
 
 type acDisconnect struct {
@@ -74,7 +125,7 @@ type acDisconnect struct {
 }
 
 func newACConn(p actioncable.Protocol) *acConn {
-	ac := &acConn{proto: p, subs: map[string]*acSub{}, streams: map[string][]string{}}
+	ac := &acConn{proto: p}
 	if p == actioncable.Ext {
 		ac.hist = &acHist{}
 	}
@@ -234,7 +285,7 @@ func (c *Conn) acFastLane(id string, v actioncable.Verdict) {
 
 func (c *Conn) acSubscribed(id string) bool {
 	c.ac.mu.RLock()
-	_, ok := c.ac.subs[id]
+	ok := c.ac.sub(intern(id)) != nil
 	c.ac.mu.RUnlock()
 	return ok
 }
@@ -242,10 +293,10 @@ func (c *Conn) acSubscribed(id string) bool {
 // acAddSub records a subscription. The caller holds opMu.
 func (c *Conn) acAddSub(id string) {
 	ac := c.ac
+	n := intern(id)
 	ac.mu.Lock()
-	if _, ok := ac.subs[id]; !ok {
-		ac.subs[id] = &acSub{}
-		ac.order = append(ac.order, id)
+	if ac.sub(n) == nil {
+		ac.subs = append(ac.subs, &acSub{id: n})
 	}
 	ac.mu.Unlock()
 	c.acTracked()
@@ -254,18 +305,17 @@ func (c *Conn) acAddSub(id string) {
 // acDropSub ends a subscription and its streams. The caller holds opMu.
 func (c *Conn) acDropSub(id string) (state string, hasState bool) {
 	ac := c.ac
+	n := intern(id)
 	ac.mu.Lock()
-	sub := ac.subs[id]
-	if sub == nil {
+	i := slices.IndexFunc(ac.subs, func(s *acSub) bool { return s.id == n })
+	if i < 0 {
 		ac.mu.Unlock()
 		return "", false
 	}
+	sub := ac.subs[i]
 	state, hasState = sub.state, sub.hasState
-	delete(ac.subs, id)
-	if i := slices.Index(ac.order, id); i >= 0 {
-		ac.order = slices.Delete(ac.order, i, i+1)
-	}
-	left := ac.unstreamLocked(id, sub, sub.streams)
+	ac.subs = slices.Delete(ac.subs, i, i+1)
+	left := ac.unstreamLocked(sub, sub.streams)
 	ac.mu.Unlock()
 	c.unsubscribe(left...)
 	c.acTracked()
@@ -276,20 +326,20 @@ func (c *Conn) acDropSub(id string) (state string, hasState bool) {
 // when it is the connection's first reason to. The caller holds opMu.
 func (c *Conn) acStream(id, stream string) {
 	ac := c.ac
+	sn := intern(stream)
 	ac.mu.Lock()
-	sub := ac.subs[id]
-	if sub == nil || slices.Contains(sub.streams, stream) {
+	sub := ac.sub(intern(id))
+	if sub == nil || slices.Contains(sub.streams, sn) {
 		ac.mu.Unlock()
 		if sub == nil {
 			c.log.Debug().Str("identifier", id).Msg("actioncable: stream for an identifier not subscribed: ignored")
 		}
 		return
 	}
-	sub.streams = append(sub.streams, stream)
-	_, plain := ac.plain[stream]
-	first := len(ac.streams[stream]) == 0 && !plain
-	ac.streams[stream] = append(ac.streams[stream], id)
+	first := !ac.streamed(sn) && !slices.Contains(ac.plain, sn)
+	sub.streams = append(sub.streams, sn)
 	ac.mu.Unlock()
+	stream = sn.Value()        // the hub's channel shares the interned bytes
 	c.acHoldStream(id, stream) // ext: held until the subscribe's history is answered
 	if first {
 		if err := c.subscribe(stream); err != nil {
@@ -303,43 +353,36 @@ func (c *Conn) acStream(id, stream string) {
 func (c *Conn) acStopStream(id, stream string) {
 	ac := c.ac
 	ac.mu.Lock()
-	sub := ac.subs[id]
+	sub := ac.sub(intern(id))
 	if sub == nil {
 		ac.mu.Unlock()
 		return
 	}
 	stop := sub.streams
 	if stream != "" {
-		if !slices.Contains(sub.streams, stream) {
+		sn := intern(stream)
+		if !slices.Contains(sub.streams, sn) {
 			ac.mu.Unlock()
 			return
 		}
-		stop = []string{stream}
+		stop = []atom{sn}
 	}
-	left := ac.unstreamLocked(id, sub, stop)
+	left := ac.unstreamLocked(sub, stop)
 	ac.mu.Unlock()
 	c.unsubscribe(left...)
 }
 
-// unstreamLocked takes streams off sub (of identifier id) and returns the
-// channels the connection no longer has a reason to be in.
-func (ac *acConn) unstreamLocked(id string, sub *acSub, streams []string) []string {
+// unstreamLocked takes streams off sub and returns the channels the
+// connection no longer has a reason to be in. A sub no longer in subs
+// (dropped) keeps its streams: it is not looked at again.
+func (ac *acConn) unstreamLocked(sub *acSub, streams []atom) []string {
 	var left []string
 	for _, s := range slices.Clone(streams) {
 		if i := slices.Index(sub.streams, s); i >= 0 {
 			sub.streams = slices.Delete(sub.streams, i, i+1)
 		}
-		ids := ac.streams[s]
-		if i := slices.Index(ids, id); i >= 0 {
-			ids = slices.Delete(ids, i, i+1)
-		}
-		if len(ids) == 0 {
-			delete(ac.streams, s)
-			if _, plain := ac.plain[s]; !plain {
-				left = append(left, s)
-			}
-		} else {
-			ac.streams[s] = ids
+		if !ac.streamed(s) && !slices.Contains(ac.plain, s) {
+			left = append(left, s.Value())
 		}
 	}
 	return left
@@ -353,23 +396,22 @@ func (c *Conn) acPlain(subscribe, unsubscribe []string) {
 	var join, leave []string
 	ac.mu.Lock()
 	for _, ch := range unsubscribe {
-		if _, ok := ac.plain[ch]; ok {
-			delete(ac.plain, ch)
-			if len(ac.streams[ch]) == 0 {
-				leave = append(leave, ch)
+		n := intern(ch)
+		if i := slices.Index(ac.plain, n); i >= 0 {
+			ac.plain = slices.Delete(ac.plain, i, i+1)
+			if !ac.streamed(n) {
+				leave = append(leave, n.Value())
 			}
 		}
 	}
 	for _, ch := range subscribe {
-		if _, ok := ac.plain[ch]; ok {
+		n := intern(ch)
+		if slices.Contains(ac.plain, n) {
 			continue
 		}
-		if ac.plain == nil {
-			ac.plain = map[string]struct{}{}
-		}
-		ac.plain[ch] = struct{}{}
-		if len(ac.streams[ch]) == 0 {
-			join = append(join, ch)
+		ac.plain = append(ac.plain, n)
+		if !ac.streamed(n) {
+			join = append(join, n.Value())
 		}
 	}
 	ac.mu.Unlock()
@@ -387,7 +429,11 @@ func (c *Conn) acIdentifiers() []string {
 	}
 	c.ac.mu.RLock()
 	defer c.ac.mu.RUnlock()
-	return append([]string{}, c.ac.order...)
+	out := make([]string, len(c.ac.subs))
+	for i, s := range c.ac.subs {
+		out[i] = s.id.Value()
+	}
+	return out
 }
 
 // acStates are the channel_state of each subscription that has one.
@@ -398,12 +444,12 @@ func (c *Conn) acStates() map[string]string {
 	c.ac.mu.RLock()
 	defer c.ac.mu.RUnlock()
 	var out map[string]string
-	for id, sub := range c.ac.subs {
+	for _, sub := range c.ac.subs {
 		if sub.hasState {
 			if out == nil {
 				out = make(map[string]string, len(c.ac.subs))
 			}
-			out[id] = sub.state
+			out[sub.id.Value()] = sub.state
 		}
 	}
 	return out
@@ -445,7 +491,7 @@ func (c *Conn) acApply(r *callback.Reply) {
 	if len(x.ChannelState) > 0 {
 		ac.mu.Lock()
 		for id, st := range x.ChannelState {
-			if sub := ac.subs[id]; sub != nil {
+			if sub := ac.sub(intern(id)); sub != nil {
 				sub.state, sub.hasState = st, true
 			}
 		}

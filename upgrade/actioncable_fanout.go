@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/cablecar/cablecar/actioncable"
@@ -46,7 +47,7 @@ func (h *Hub) acDeliver(m pubsub.Message, targets []*Conn) []*Conn {
 // acFanout delivers m to conns, ActionCable connections all, in up to
 // workers parts at once, and returns when all are done.
 func acFanout(conns []*Conn, m pubsub.Message, workers int) {
-	f := &acFrames{}
+	f := &acFrames{ch: intern(m.Channel)}
 	f.b.Reset(m.Data)
 	parts := min(workers, len(conns)/fanoutPart)
 	if parts <= 1 {
@@ -70,22 +71,23 @@ func acFanout(conns []*Conn, m pubsub.Message, workers int) {
 // own, so that mu is taken once per (part, identifier), not once per
 // connection.
 type acFrames struct {
+	ch    atom // the broadcast's stream
 	mu    sync.Mutex
 	b     actioncable.Broadcast
-	built map[string]outgoing
-	ext   map[string]outgoing // ext connections' frames (actioncable_history.go)
+	built map[atom]outgoing
+	ext   map[atom]outgoing // ext connections' frames (actioncable_history.go)
 }
 
-func (f *acFrames) get(identifier string) outgoing {
+func (f *acFrames) get(identifier atom) outgoing {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if o, ok := f.built[identifier]; ok {
 		return o
 	}
-	msg := f.b.Frame(identifier)
+	msg := f.b.Frame(identifier.Value())
 	o := outgoing{frame: newFrame(false, msg), size: len(msg)}
 	if f.built == nil {
-		f.built = make(map[string]outgoing, 1)
+		f.built = make(map[atom]outgoing, 1)
 	}
 	f.built[identifier] = o
 	return o
@@ -98,9 +100,9 @@ const acPartFrames = 4
 // itself is counted in the metrics once, at the end.
 func acDeliverTo(conns []*Conn, m *pubsub.Message, f *acFrames) {
 	var (
-		ids   [8]string
+		ids   [8]atom
 		local [acPartFrames]struct {
-			id  string
+			id  atom
 			out outgoing
 		}
 		n       int
@@ -115,8 +117,8 @@ func acDeliverTo(conns []*Conn, m *pubsub.Message, f *acFrames) {
 			continue
 		}
 		ac.mu.RLock()
-		list := append(ids[:0], ac.streams[m.Channel]...)
-		_, plain := ac.plain[m.Channel]
+		list := ac.streamIDs(ids[:0], f.ch)
+		plain := len(ac.plain) > 0 && slices.Contains(ac.plain, f.ch)
 		ac.mu.RUnlock()
 		if plain {
 			c.enqueue(outgoing{data: m.Data, binary: m.Binary, size: len(m.Data)})

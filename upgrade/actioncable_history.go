@@ -155,8 +155,8 @@ func (c *Conn) acReplay(id string, req *actioncable.HistoryRequest) {
 	h := c.acExt()
 	c.ac.mu.RLock()
 	var streams []string
-	if sub := c.ac.subs[id]; sub != nil {
-		streams = append(streams, sub.streams...)
+	if sub := c.ac.sub(intern(id)); sub != nil {
+		streams = atomStrings(sub.streams)
 	}
 	c.ac.mu.RUnlock()
 	h.mu.Lock()
@@ -238,10 +238,10 @@ func (c *Conn) acFlushHeld(stream string, sh *acStreamHist, m *pubsub.Message) {
 		sh.last = pubsub.PositionOf(m)
 	}
 	c.ac.mu.RLock()
-	ids := append([]string(nil), c.ac.streams[stream]...)
+	ids := c.ac.streamIDs(nil, intern(stream))
 	c.ac.mu.RUnlock()
 	for _, id := range ids {
-		frame := appendExtMessage(nil, id, m)
+		frame := appendExtMessage(nil, id.Value(), m)
 		c.enqueue(outgoing{frame: newFrame(false, frame), size: len(frame)})
 	}
 }
@@ -280,9 +280,9 @@ func (c *Conn) acDeliverExt(m *pubsub.Message, f *acFrames) (written, size int) 
 		}
 	}
 	c.ac.mu.RLock()
-	var buf [8]string
-	ids := append(buf[:0], c.ac.streams[m.Channel]...)
-	_, plain := c.ac.plain[m.Channel]
+	var buf [8]atom
+	ids := c.ac.streamIDs(buf[:0], f.ch)
+	plain := len(c.ac.plain) > 0 && slices.Contains(c.ac.plain, f.ch)
 	c.ac.mu.RUnlock()
 	if plain {
 		c.enqueue(outgoing{data: m.Data, binary: m.Binary, size: len(m.Data)})
@@ -299,17 +299,17 @@ func (c *Conn) acDeliverExt(m *pubsub.Message, f *acFrames) (written, size int) 
 
 // getExt is the ext frame of (m's stream, identifier), built once per
 // broadcast like get's.
-func (f *acFrames) getExt(identifier string, m *pubsub.Message) outgoing {
+func (f *acFrames) getExt(identifier atom, m *pubsub.Message) outgoing {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if o, ok := f.ext[identifier]; ok {
 		return o
 	}
-	plain := f.b.Frame(identifier)
+	plain := f.b.Frame(identifier.Value())
 	msg := appendExtFields(append(make([]byte, 0, len(plain)+96), plain[:len(plain)-1]...), m)
 	o := outgoing{frame: newFrame(false, msg), size: len(msg)}
 	if f.ext == nil {
-		f.ext = make(map[string]outgoing, 1)
+		f.ext = make(map[atom]outgoing, 1)
 	}
 	f.ext[identifier] = o
 	return o

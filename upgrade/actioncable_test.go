@@ -328,9 +328,9 @@ func TestACFanoutSplit(t *testing.T) {
 	conns := make([]*Conn, n)
 	for i := range conns {
 		c := h.acConn("c" + strconv.Itoa(i))
-		c.ac.streams["s"] = []string{"I1"}
+		c.ac.subs = []*acSub{{id: intern("I1"), streams: []atom{intern("s")}}}
 		if i%3 == 0 {
-			c.ac.streams["s"] = []string{"I1", "I2"}
+			c.ac.subs = append(c.ac.subs, &acSub{id: intern("I2"), streams: []atom{intern("t"), intern("s")}})
 		}
 		conns[i] = c
 	}
@@ -342,7 +342,7 @@ func TestACFanoutSplit(t *testing.T) {
 		q := c.takeQueue()
 		var want []string
 		for m := range msgs {
-			for _, id := range c.ac.streams["s"] {
+			for _, id := range atomStrings(c.ac.streamIDs(nil, intern("s"))) {
 				want = append(want, `{"identifier":"`+id+`","message":{"n":`+strconv.Itoa(m)+`}}`)
 			}
 		}

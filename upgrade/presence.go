@@ -172,8 +172,8 @@ func (c *Conn) acPresenceChannel(id string) string {
 	}
 	c.ac.mu.RLock()
 	defer c.ac.mu.RUnlock()
-	if sub := c.ac.subs[id]; sub != nil && len(sub.streams) > 0 {
-		return sub.streams[0]
+	if sub := c.ac.sub(intern(id)); sub != nil && len(sub.streams) > 0 {
+		return sub.streams[0].Value()
 	}
 	return ""
 }
@@ -251,9 +251,10 @@ func (c *Conn) acPresenceDeliver(channel, typ, id string, info json.RawMessage) 
 	}
 	c.ac.mu.RLock()
 	var ids []string
-	for _, ident := range c.ac.streams[channel] {
-		if sub := c.ac.subs[ident]; sub != nil && len(sub.streams) > 0 && sub.streams[0] == channel {
-			ids = append(ids, ident)
+	ch := intern(channel)
+	for _, sub := range c.ac.subs {
+		if len(sub.streams) > 0 && sub.streams[0] == ch {
+			ids = append(ids, sub.id.Value())
 		}
 	}
 	c.ac.mu.RUnlock()

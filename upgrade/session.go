@@ -114,14 +114,10 @@ func (c *Conn) acSnapshot() *session.Session {
 	c.mu.Unlock()
 	ac := c.ac
 	ac.mu.RLock()
-	for _, id := range ac.order {
-		if sub := ac.subs[id]; sub != nil {
-			s.Subs = append(s.Subs, session.Sub{ID: id, Streams: slices.Clone(sub.streams), State: sub.state, HasState: sub.hasState})
-		}
+	for _, sub := range ac.subs {
+		s.Subs = append(s.Subs, session.Sub{ID: sub.id.Value(), Streams: atomStrings(sub.streams), State: sub.state, HasState: sub.hasState})
 	}
-	for ch := range ac.plain {
-		s.Plain = append(s.Plain, ch)
-	}
+	s.Plain = atomStrings(ac.plain)
 	ac.mu.RUnlock()
 	slices.Sort(s.Plain)
 	if s.Presence = ss.presence; s.Presence == nil {

@@ -73,17 +73,21 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 	c.ac = newACConn(actioncable.Ext)
 	ac := c.ac
 	for _, sub := range sess.Subs {
-		ac.subs[sub.ID] = &acSub{state: sub.State, hasState: sub.HasState, streams: slices.Clone(sub.Streams)}
-		ac.order = append(ac.order, sub.ID)
-		for _, st := range sub.Streams {
-			ac.streams[st] = append(ac.streams[st], sub.ID)
+		if ac.sub(intern(sub.ID)) != nil {
+			continue
 		}
+		as := &acSub{id: intern(sub.ID), state: sub.State, hasState: sub.HasState}
+		for _, st := range sub.Streams {
+			if n := intern(st); !slices.Contains(as.streams, n) {
+				as.streams = append(as.streams, n)
+			}
+		}
+		ac.subs = append(ac.subs, as)
 	}
 	for _, ch := range sess.Plain {
-		if ac.plain == nil {
-			ac.plain = map[string]struct{}{}
+		if n := intern(ch); !slices.Contains(ac.plain, n) {
+			ac.plain = append(ac.plain, n)
 		}
-		ac.plain[ch] = struct{}{}
 	}
 	newSID := session.NewSID()
 	ac.sess = &acSession{sid: newSID, sub: sess.Sub, resumeAt: seq, restored: true}
