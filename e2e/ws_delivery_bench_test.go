@@ -112,6 +112,10 @@ func BenchmarkWSDelivery(b *testing.B) {
 				b.ReportMetric(r["publish_late_p99_ms"], "publish-late-p99-ms")
 				b.ReportMetric(r["server_rss_bytes_per_conn"], "cablecar-rss-bytes/conn")
 				b.ReportMetric(r["server_rss_bytes_per_conn_after_idle"], "cablecar-rss-bytes/conn-after-idle")
+				b.ReportMetric(r["server_idle_allocs_per_s"], "cablecar-allocs/s-idle")
+				if v, ok := r["server_rss_bytes_per_conn_60s_before_end_of_idle"]; ok {
+					b.ReportMetric(v, "cablecar-rss-bytes/conn-60s-before-end")
+				}
 				if cell.ac {
 					b.ReportMetric(r["subscribe_per_s"], "subscribes/s")
 					b.ReportMetric(r["server_cpu_us_per_subscribe"], "cablecar-cpu-us/subscribe")

@@ -108,7 +108,9 @@ type Conn struct {
 	rc       syscall.RawConn // raw's, to wait until it is readable
 	readable func(fd uintptr) bool
 	wait     func() // idle on this connection's socket
-	peek     [1]byte
+
+	writeFn func() // writeLoop, bound once; guarded by mu
+	peek    [1]byte
 }
 
 // awaitRecord lets the tracker's record of the connection reach Redis

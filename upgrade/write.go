@@ -131,7 +131,13 @@ func (c *Conn) kickLocked() {
 	}
 	c.writing = true
 	c.writers.Add(1)
-	go c.writeLoop()
+	if c.writeFn == nil {
+		// Bound once: go c.writeLoop() would allocate the method value
+		// each time, once per heartbeat on an idle connection, and that
+		// garbage is what made an idle node's RSS climb.
+		c.writeFn = c.writeLoop
+	}
+	go c.writeFn()
 }
 
 // dropQueueLocked forgets what waits in the queue, and its bytes.

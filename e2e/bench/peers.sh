@@ -171,6 +171,8 @@ def med(s, c, key, scale=1.0, fmt="{:.1f}"):
 rows = []
 for c in cells:
     if c.startswith("idle"):
+        if int(settle) >= 120:
+            rows.append((f"idle RSS per connection, {c[4:]}, 60 s before that (KiB)", c, "server_rss_bytes_per_conn_60s_before_end_of_idle", 1/1024))
         rows.append((f"idle RSS per connection, {c[4:]}, after {settle} s (KiB)", c, "server_rss_bytes_per_conn_after_idle", 1/1024))
         rows.append((f"idle server CPU, {c[4:]} (s per s)", c, "server_idle_cpu_s_per_s", 1, "{:.3f}"))
     elif c.startswith("fanout"):

@@ -78,6 +78,8 @@ type result struct {
 	Dropped          int64   `json:"clients_dropped"`
 	RSSPerConn       float64 `json:"server_rss_bytes_per_conn,omitempty"`
 	RSSPerConnIdle   float64 `json:"server_rss_bytes_per_conn_after_idle,omitempty"`
+	RSSPerConnIdle60 float64 `json:"server_rss_bytes_per_conn_60s_before_end_of_idle,omitempty"`
+	IdleAllocsPerS   float64 `json:"server_idle_allocs_per_s,omitempty"`
 	StackPerConn     float64 `json:"server_stack_bytes_per_conn,omitempty"`
 	HeapPerConn      float64 `json:"server_heap_inuse_bytes_per_conn,omitempty"`
 	SubscribePerS    float64 `json:"subscribe_per_s,omitempty"`
@@ -299,8 +301,17 @@ func run(url, admin, channel string, n, msgs int, interval time.Duration, pid in
 		res.StackPerConn = (metric(admin, "go_memstats_stack_inuse_bytes") - stack0) / float64(n)
 		res.HeapPerConn = (metric(admin, "go_memstats_heap_inuse_bytes") - heap0) / float64(n)
 		c0, t0 := procCPU(pid), time.Now()
-		time.Sleep(idle)
+		m0 := metric(admin, "go_memstats_mallocs_total")
+		if idle >= 2*time.Minute {
+			// A reading 60 s before the end says whether RSS is flat by then.
+			time.Sleep(idle - time.Minute)
+			res.RSSPerConnIdle60 = (procRSS(pid) - rss0) / float64(n)
+			time.Sleep(time.Until(t0.Add(idle)))
+		} else {
+			time.Sleep(idle)
+		}
 		idleRate = (procCPU(pid) - c0) / time.Since(t0).Seconds()
+		res.IdleAllocsPerS = (metric(admin, "go_memstats_mallocs_total") - m0) / time.Since(t0).Seconds()
 		res.RSSPerConnIdle = (procRSS(pid) - rss0) / float64(n)
 		res.ServerIdleCPUS = idleRate
 	}
