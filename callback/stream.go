@@ -60,6 +60,7 @@ type Stream struct {
 	pendingBytes int
 	seq          uint64        // the last event number handed out
 	running      bool          // a goroutine is delivering
+	runFn        func()        // run, bound once
 	closing      bool          // a close event was pushed, or End called: later pushes are dropped
 	failed       bool          // Fail was called: only a close event is still delivered
 	failReason   dropReason    // why, for what is dropped after
@@ -272,7 +273,10 @@ func (s *Stream) enqueueLocked(ev Event) {
 	}
 	if !s.running {
 		s.running = true
-		go s.run()
+		if s.runFn == nil {
+			s.runFn = s.run // bound once: go s.run() allocates it each time
+		}
+		go s.runFn()
 	}
 }
 

@@ -104,13 +104,11 @@ type Conn struct {
 	// The read loop's own.
 	tokens   float64
 	tokensAt int64
-	br       *bufio.Reader   // what the library reads the socket through; nil = not ours to watch
-	rc       syscall.RawConn // raw's, to wait until it is readable
-	readable func(fd uintptr) bool
-	wait     func() // idle on this connection's socket
+	br       *bufio.Reader // what the library reads the socket through; nil = not ours to watch
+	watch    bool          // br is ours: the read loop hands idle waits to wait
+	wait     func()        // idle on this connection's socket
 
 	writeFn func() // writeLoop, bound once; guarded by mu
-	peek    [1]byte
 }
 
 // awaitRecord lets the tracker's record of the connection reach Redis
@@ -195,7 +193,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 		c.stream.Push(callback.Event{Type: callback.EventOpen, Recovered: c.openRecovered()})
 	}
 	c.opened.Store(true)
-	if c.rc != nil {
+	if c.watch {
 		go c.wait()
 		return
 	}

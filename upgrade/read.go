@@ -4,10 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
-	"syscall"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/fasthttp/websocket"
 
@@ -69,7 +67,7 @@ func (c *Conn) readLoop(ws *websocket.Conn) {
 			c.teardown()
 			return
 		}
-		if c.rc != nil && c.br.Buffered() == 0 {
+		if c.watch && c.br.Buffered() == 0 {
 			go c.wait()
 			return
 		}
@@ -81,9 +79,11 @@ func (c *Conn) readLoop(ws *websocket.Conn) {
 // anything else to readLoop on this goroutine.
 func (c *Conn) idle(ws *websocket.Conn) {
 	for c.br.Buffered() == 0 {
-		// An error here (the socket cut by the heartbeat, or closed) is
-		// seen again, and dealt with, by the reads that follow.
-		_ = c.rc.Read(c.readable)
+		// Parked in the socket's read, on this goroutine's small stack: a
+		// read that finds nothing waits in the runtime's poller, and the
+		// bytes come into the buffer in the same read that returns. An
+		// error (the socket cut by the heartbeat, or closed) is seen
+		// again, and dealt with, by the reads that follow.
 		if _, err := c.br.Peek(1); err != nil {
 			break
 		}
@@ -124,31 +124,13 @@ func (c *Conn) controlFrame() bool {
 	return true
 }
 
-// watchReadable prepares idle's wait: readable is called when the socket
-// may have data and says whether it has (or is at its end), peeking one
-// byte without taking it; false waits for the next readiness.
+// watchReadable prepares idle's wait: the read buffer is ours, so idle
+// can wait in it.
 func (c *Conn) watchReadable() {
-	sc, ok := c.raw.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return
-	}
-	c.rc = rc
+	c.watch = true
 	// Made once: a go statement with arguments would allocate a closure
 	// each time the connection goes idle, a few times a minute.
 	c.wait = func() { c.idle(c.ws.Load()) }
-	c.readable = func(fd uintptr) bool {
-		for {
-			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peek[0])), 1,
-				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-			if errno != syscall.EINTR {
-				return errno != syscall.EAGAIN
-			}
-		}
-	}
 }
 
 // readOne reads and handles one message (and the control frames before
