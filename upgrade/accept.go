@@ -145,7 +145,7 @@ func (s *Server) ServeHTTP(ctx *fasthttp.RequestCtx) {
 	c := &Conn{
 		hub:          s.hub,
 		id:           id,
-		log:          s.log.With().Str("conn_id", id).Logger(),
+		log:          connLog{l: &s.log, id: id},
 		events:       acc.events,
 		eventsPath:   acc.eventsPath,
 		eventHeaders: s.eventHeaders(h),

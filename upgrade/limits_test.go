@@ -28,7 +28,7 @@ func bareConn(t *testing.T, cfg Config) *Conn {
 		cfg.SendQueue = 64
 	}
 	h := newHub(cfg, zeroLogger(), pubsub.NewMemory(), newMetrics(prometheus.NewRegistry()))
-	return &Conn{hub: h, id: "c_test", log: zeroLogger()}
+	return &Conn{hub: h, id: "c_test", log: connNop()}
 }
 
 func (c *Conn) queueState() (msgs int, bytes int64, end *closing) {

@@ -155,7 +155,7 @@ func bareHub(t *testing.T, b pubsub.Broker, cfg Config) *Hub {
 }
 
 func (h *Hub) bareConn(id string) *Conn {
-	return &Conn{hub: h, id: id, log: zeroLogger()}
+	return &Conn{hub: h, id: id, log: connNop()}
 }
 
 // channelsOf is c's own list of its channels.

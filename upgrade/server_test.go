@@ -25,6 +25,11 @@ import (
 
 func zeroLogger() zerolog.Logger { return zerolog.Nop() }
 
+var nopLogger = zerolog.Nop()
+
+// connNop is a test connection's logger.
+func connNop() connLog { return connLog{l: &nopLogger} }
+
 // fakeApp is a Go stand-in for the Rack app, for tests of this package
 // alone: it accepts every handshake (subscribing to ?sub=), records the
 // events it is posted, and answers "echo:x" with a send of x. The e2e tests

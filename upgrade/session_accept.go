@@ -56,7 +56,7 @@ func (s *Server) acRestore(ctx *fasthttp.RequestCtx, claims auth.Claims, log *ze
 	c := &Conn{
 		hub:          s.hub,
 		id:           sess.ConnID,
-		log:          s.log.With().Str("conn_id", sess.ConnID).Logger(),
+		log:          connLog{l: &s.log, id: sess.ConnID},
 		events:       eventSet(sess.Events),
 		eventsPath:   sess.Path,
 		eventHeaders: s.eventHeaders(h),
