@@ -84,6 +84,11 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 	// and process collectors', which the status page, reading reg every
 	// second, does without (reading /proc is most of a scrape's cost).
 	reg := prometheus.NewRegistry()
+	// The pass-through's series (a histogram per status class, most of
+	// the series there are) are served too, but the page shows none of
+	// them: gathering them every second was most of an idle node's
+	// garbage.
+	proxyReg := prometheus.NewRegistry()
 	runtimeReg := prometheus.NewRegistry()
 	runtimeReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -102,7 +107,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		return nil, fmt.Errorf("auth.jwt: %w", err)
 	}
 
-	p := proxy.New(pc.proxy, log, reg)
+	p := proxy.New(pc.proxy, log, proxyReg)
 	cb := callback.New(pc.callback, log, reg)
 	ucfg := pc.upgrade
 	ucfg.JWT = jwt
@@ -149,7 +154,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*Sidecar, error) {
 		sessions: sessions,
 		presence: pres,
 		front:    proxy.NewServer(pc.proxy, p.ServeHTTP, log),
-		admin:    admin.New(log, prometheus.Gatherers{reg, runtimeReg}),
+		admin:    admin.New(log, prometheus.Gatherers{reg, proxyReg, runtimeReg}),
 	}
 	s.admin.AddCheck("app", p.Ping)
 	s.admin.AddSoftCheck("broker", broker.Ready)
