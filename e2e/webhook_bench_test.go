@@ -24,7 +24,8 @@ import (
 // came back, so every request carries one event (no batching). burst1k:
 // each client sends all its messages at once, so events queue behind the
 // one in flight and go together (batching, SPEC §3). The rate limit is off
-// and callback.max_in_flight is the default (256).
+// and callback.max_in_flight is the default (256). BENCH_CABLECAR_GOGC
+// runs Cablecar with that GOGC.
 func BenchmarkWebhookThroughput(b *testing.B) {
 	cells := []struct {
 		name  string
@@ -61,7 +62,11 @@ func BenchmarkWebhookThroughput(b *testing.B) {
 					code, _, err := get(http.DefaultClient, "http://"+appAddr+"/stats", time.Second)
 					return err == nil && code == 200
 				})
-				c := StartCablecar(b, CablecarOptions{Upstream: "http://" + appAddr, Config: map[string]any{
+				var env []string
+				if v := os.Getenv("BENCH_CABLECAR_GOGC"); v != "" {
+					env = append(env, "GOGC="+v) // Cablecar's own is 50 (main.go)
+				}
+				c := StartCablecar(b, CablecarOptions{Upstream: "http://" + appAddr, Env: env, Config: map[string]any{
 					"log.level":                       "warn",
 					"websocket.rate_limit.per_second": 0,
 					"websocket.send_queue":            cell.msgs + 10,
