@@ -71,7 +71,7 @@ type acSub struct {
 	streams  []atom
 }
 
-// atom is an identifier or a stream atom, interned: every connection with
+// atom is an identifier or a stream name, interned: every connection with
 // the same one shares its bytes (a Turbo page's thousands of viewers hold
 // one identifier), and two atoms are equal when their pointers are.
 type atom = unique.Handle[string]
@@ -373,8 +373,8 @@ func (c *Conn) acStopStream(id, stream string) {
 }
 
 // unstreamLocked takes streams off sub and returns the channels the
-// connection no longer has a reason to be in. A sub no longer in subs
-// (dropped) keeps its streams: it is not looked at again.
+// connection no longer has a reason to be in. sub may be one just taken
+// out of subs (acDropSub): only the others then count.
 func (ac *acConn) unstreamLocked(sub *acSub, streams []atom) []string {
 	var left []string
 	for _, s := range slices.Clone(streams) {
