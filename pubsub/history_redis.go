@@ -229,35 +229,47 @@ func (h *redisHistory) retained(channel string, s state, xs []redis.XMessage) ([
 	return msgs, ats, nil
 }
 
-func (h *redisHistory) After(ctx context.Context, channel string, pos Position) (Replay, error) {
-	if !h.Records(channel) {
-		return Replay{}, ErrNoHistory
-	}
+// read takes, in one transaction, the channel's epoch and last offset, the
+// entries that xrange reads of its stream, and Redis's clock: all of one
+// moment.
+func (h *redisHistory) read(ctx context.Context, channel string,
+	xrange func(p redis.Pipeliner, stream string) *redis.XMessageSliceCmd) (state, []redis.XMessage, error) {
 	keys := h.keys(channel)
 	var (
 		meta  *redis.SliceCmd
 		xs    *redis.XMessageSliceCmd
 		clock *redis.TimeCmd
 	)
-	// One transaction: the epoch, the last offset and the entries are of
-	// one moment.
 	_, err := h.r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		meta = p.HMGet(ctx, keys[1], "e", "o")
-		xs = p.XRange(ctx, keys[0], strconv.FormatUint(pos.Offset+1, 10)+"-0", "+")
+		xs = xrange(p, keys[0])
 		clock = p.Time(ctx)
 		return nil
 	})
 	if err != nil {
-		return Replay{}, fmt.Errorf("reading the history of %q: %w", channel, err)
+		return state{}, nil, fmt.Errorf("reading the history of %q: %w", channel, err)
 	}
 	s, err := readState(meta, clock)
 	if err != nil {
-		return Replay{}, fmt.Errorf("reading the history of %q: %w", channel, err)
+		return state{}, nil, fmt.Errorf("reading the history of %q: %w", channel, err)
+	}
+	return s, xs.Val(), nil
+}
+
+func (h *redisHistory) After(ctx context.Context, channel string, pos Position) (Replay, error) {
+	if !h.Records(channel) {
+		return Replay{}, ErrNoHistory
+	}
+	s, xs, err := h.read(ctx, channel, func(p redis.Pipeliner, stream string) *redis.XMessageSliceCmd {
+		return p.XRange(ctx, stream, strconv.FormatUint(pos.Offset+1, 10)+"-0", "+")
+	})
+	if err != nil {
+		return Replay{}, err
 	}
 	if s.epoch != pos.Epoch {
 		return Replay{}, nil
 	}
-	msgs, _, err := h.retained(channel, s, xs.Val())
+	msgs, _, err := h.retained(channel, s, xs)
 	if err != nil {
 		return Replay{}, err
 	}
@@ -268,28 +280,15 @@ func (h *redisHistory) Since(ctx context.Context, channel string, t time.Time) (
 	if !h.Records(channel) {
 		return Replay{}, ErrNoHistory
 	}
-	keys := h.keys(channel)
-	var (
-		meta  *redis.SliceCmd
-		xs    *redis.XMessageSliceCmd
-		clock *redis.TimeCmd
-	)
-	_, err := h.r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		meta = p.HMGet(ctx, keys[1], "e", "o")
-		xs = p.XRevRangeN(ctx, keys[0], "+", "-", sincePage)
-		clock = p.Time(ctx)
-		return nil
+	s, page, err := h.read(ctx, channel, func(p redis.Pipeliner, stream string) *redis.XMessageSliceCmd {
+		return p.XRevRangeN(ctx, stream, "+", "-", sincePage)
 	})
 	if err != nil {
-		return Replay{}, fmt.Errorf("reading the history of %q: %w", channel, err)
+		return Replay{}, err
 	}
-	s, err := readState(meta, clock)
-	if err != nil {
-		return Replay{}, fmt.Errorf("reading the history of %q: %w", channel, err)
-	}
+	keys := h.keys(channel)
 	// Newest first, page after page, until one older than t: later pages
 	// must join on without a gap, or entries went meanwhile.
-	page := xs.Val()
 	var newestFirst []redis.XMessage
 	for {
 		newestFirst = append(newestFirst, page...)
