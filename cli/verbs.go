@@ -42,16 +42,7 @@ func publish(e *env, args []string) int {
 	if e.opts.except != "" {
 		in["except"] = e.opts.except
 	}
-	a, code, ok := e.call("publish", http.MethodPost, "/publish", in)
-	if !ok {
-		return code
-	}
-	if e.opts.json {
-		e.stdout.Write(a.body)
-		return ExitOK
-	}
-	fmt.Fprintf(e.stdout, "published to %s\n", args[0])
-	return ExitOK
+	return e.post("publish", "/publish", in, "published to "+args[0])
 }
 
 func send(e *env, args []string) int {
@@ -59,16 +50,7 @@ func send(e *env, args []string) int {
 	if !ok {
 		return ExitUsage
 	}
-	a, code, ok := e.call("send", http.MethodPost, "/send", map[string]any{"connection": args[0], "data": data})
-	if !ok {
-		return code
-	}
-	if e.opts.json {
-		e.stdout.Write(a.body)
-		return ExitOK
-	}
-	fmt.Fprintf(e.stdout, "sent to %s\n", args[0])
-	return ExitOK
+	return e.post("send", "/send", map[string]any{"connection": args[0], "data": data}, "sent to "+args[0])
 }
 
 func closeVerb(e *env, args []string) int {
@@ -89,7 +71,13 @@ func closeVerb(e *env, args []string) int {
 		fmt.Fprintln(e.stderr, "cablecar close: usage: cablecar close [-code N] [-reason TEXT] <id>, or -channel CHANNEL")
 		return ExitUsage
 	}
-	a, code, ok := e.call("close", http.MethodPost, "/close", in)
+	return e.post("close", "/close", in, fmt.Sprintf("closed %s (%d)", what, e.opts.code))
+}
+
+// post makes a verb's POST to the admin API and prints the answer with
+// --json, else line.
+func (e *env) post(verb, path string, in map[string]any, line string) int {
+	a, code, ok := e.call(verb, http.MethodPost, path, in)
 	if !ok {
 		return code
 	}
@@ -97,7 +85,7 @@ func closeVerb(e *env, args []string) int {
 		e.stdout.Write(a.body)
 		return ExitOK
 	}
-	fmt.Fprintf(e.stdout, "closed %s (%d)\n", what, e.opts.code)
+	fmt.Fprintln(e.stdout, line)
 	return ExitOK
 }
 
