@@ -11,6 +11,9 @@ require "minitest/autorun"
 require "json"
 require "cablecar"
 require "cablecar/testing"
+# Chat itself, for the tests that call its helpers without building the
+# app first (config.ru requires it too): any test may run first.
+require_relative "../chat"
 
 class ChatTest < Minitest::Test
   include Cablecar::Testing
