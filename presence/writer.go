@@ -1,7 +1,10 @@
 package presence
 
 import (
+	"cmp"
 	"context"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -94,6 +97,18 @@ func (t *Tracker) flush() error {
 		}
 		holds = append(holds, h)
 	}
+	// In a fixed order, ids gone first: a connection that switched ids
+	// is heard leaving the old one before joining the new one, not in
+	// the map's order of the moment.
+	slices.SortFunc(holds, func(a, b Hold) int {
+		if a.Gone != b.Gone {
+			if a.Gone {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Or(strings.Compare(a.Channel, b.Channel), strings.Compare(a.ID, b.ID))
+	})
 	chans := make([]string, 0, len(t.counts))
 	for ch := range t.counts {
 		chans = append(chans, ch)
