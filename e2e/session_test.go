@@ -402,8 +402,11 @@ func TestSessionRestoreRedis(t *testing.T) {
 	// A restore on another node takes the session as Redis has it: wait
 	// for node a's write of the ended one (batched, a few ms), as any real
 	// client's reconnect delay does. One within those milliseconds gets
-	// the session as last written (docs/actioncable.md).
-	WaitFor(t, wsWait, "the held session in Redis", func() bool {
+	// the session as last written (docs/actioncable.md). Two batched
+	// writers stand between the close and this answer (the session's hold,
+	// then the registry forgetting the connection's record): under a full
+	// -race suite once it took more than wsWait, so the wait is longer.
+	WaitFor(t, 3*wsWait, "the held session in Redis", func() bool {
 		st, body := b.Admin("/connections/" + s.cl.id)
 		return st == 200 && strings.Contains(body, `"detached":true`)
 	})
